@@ -1,0 +1,90 @@
+"""Typed configuration: one dataclass per group, a docstring under each knob.
+
+Hydra composes ``conf/`` on top of these schemas (registered as ``train_schema``), so a mistyped value
+or an unknown key fails at composition. The library receives plain dataclass instances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "embedded"
+    """Hub id or local directory of a LLaMA-family causal LM; ``embedded`` is the bundled tiny LLaMA."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or directory; defaults to ``name_or_path``."""
+    dtype: str = "float32"
+    """Weights' dtype when loaded: float32, bfloat16 or float16 (mixed precision is ``trainer.precision``)."""
+    architecture: dict[str, Any] | None = None
+    """The checkpoint's Hugging Face config, for building it on the meta device without downloading
+    (config tests and memory plans). Training always loads ``name_or_path``."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "embedded"
+    """Alpaca-format ``.json``/``.jsonl`` file, or a hub id such as ``tatsu-lab/alpaca``."""
+    prompt_style: str = "alpaca"
+    """Prompt template, from :data:`sortednet.data.prompts.PROMPT_STYLES`."""
+    max_length: int = 512
+    """Tokens per example; longer examples lose the end of their response."""
+    mask_prompt: bool = True
+    """Train on response tokens only (the paper); false trains on the prompt too."""
+    val_size: float = 0.05
+    """Validation rows: a fraction (< 1) or a count."""
+    batch_size: int = 8
+    """Examples per micro-batch and device."""
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 42
+    """Seed of the train/validation split."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "soft"
+    """soft (all exits at once) | sft (last exit) | ict (per-exit heads on a frozen SFT model) |
+    extracted (the first n layers alone)."""
+    exit_weights: list[float] | None = None
+    """Per-exit loss weights for soft (normalised to sum 1); null is the paper's uniform mean."""
+    init_from: str | None = None
+    """ict: the SFT run's Lightning checkpoint (``.ckpt``) to start from."""
+    layers: int | None = None
+    """extracted: how many layers to keep; null takes the middle exit of the exit set."""
+
+
+@dataclass
+class EvalConfig:
+    num_generate: int = 100
+    """Held-out validation examples answered greedily at each exit for the final table (0 to skip)."""
+    max_new_tokens: int = 32
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    exits: Any = "every_2"
+    """Exit set: a list of layer counts such as [4, 8], or all | last | every_K | paper."""
+    optimizer: Any = None
+    """A ``_partial_`` optimizer (``_target_`` + kwargs) that receives the parameters."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine schedule as a fraction of the peak."""
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``lightning.Trainer``."""
+    logger: dict[str, Any] = field(default_factory=dict)
+    """``kind`` (wandb | csv | none) + that logger's settings."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 42
+    ckpt_path: str | None = None
+    """Resume from this Lightning checkpoint (model, optimizer, scheduler and step)."""
+    cache_dir: str = "~/.cache/sortednet"
+    """Where the embedded assets and tokenized data sets are kept."""
+    run_dir: str = "."
+    """This run's output directory (Hydra sets it)."""

@@ -1,0 +1,195 @@
+"""Alpaca-format instruction data: reading, checking, tokenizing (cached), splitting and collating.
+
+Tokenization follows the stanford_alpaca recipe exactly: the example is ``prompt + output + eos`` as
+text, tokenized once; the first ``len(tokenize(prompt))`` labels are masked with -100. Truncation to
+``max_length`` cuts the end of the response, so the prompt is always whole; a row whose prompt alone
+fills ``max_length`` (no room for a single response token) is dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sortednet.data.prompts import get_prompt_style
+from sortednet.errors import SortedNetError
+from sortednet.loss import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the tokenized columns change
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of an Alpaca-format ``.json`` (a list) or ``.jsonl`` file, or of a hub data set's train split."""
+    file = Path(path).expanduser()
+    if file.is_file():
+        text = file.read_text(encoding="utf-8")
+        try:
+            if file.suffix == ".jsonl":
+                rows = []
+                for number, line in enumerate(text.splitlines(), 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as error:
+                            raise SortedNetError(
+                                f"malformed JSON in {path} at line {number}: {error.msg}; fix that line"
+                            ) from error
+            else:
+                rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SortedNetError(
+                f"malformed JSON in {path} at line {error.lineno}, column {error.colno}: {error.msg}; "
+                f"fix the file (JSON Lines files must end in .jsonl)"
+            ) from error
+        if not isinstance(rows, list):
+            raise SortedNetError(f"{path} holds a JSON {type(rows).__name__}, expected a list of rows")
+        return rows
+    if path.startswith((".", "/", "~")) or path.endswith((".json", ".jsonl")) or path.count("/") > 1:
+        raise SortedNetError(f"data file {path!r} not found; pass data.path=FILE.json|FILE.jsonl or a hub id")
+    return _read_hub_rows(path)
+
+
+def _read_hub_rows(hub_id: str) -> list[dict]:
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub_id, split="train").to_list()
+    except Exception as error:  # datasets raises many types for "unreachable" / "no such data set"
+        raise SortedNetError(
+            f"cannot load data set {hub_id!r} from the hub ({type(error).__name__}); download it where a hub "
+            f"is reachable and pass data.path=/path/to/file.json"
+        ) from error
+
+
+def check_rows(rows: list, source: str) -> list[dict]:
+    """Every row needs non-empty string ``instruction`` and a string ``output``; ``input`` is optional.
+
+    Structural problems raise; rows with an empty output are dropped with a warning (they teach nothing).
+    """
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise SortedNetError(f"row {index} of {source} is a {type(row).__name__}, expected an object")
+        for key in ("instruction", "output"):
+            if key not in row:
+                raise SortedNetError(
+                    f"row {index} of {source} has no {key!r} field; every row needs 'instruction' and 'output'"
+                )
+        for key in ("instruction", "input", "output"):
+            if key in row and row[key] is not None and not isinstance(row[key], str):
+                raise SortedNetError(f"row {index} of {source}: {key!r} is a {type(row[key]).__name__}, not text")
+        if not row["instruction"].strip():
+            raise SortedNetError(f"row {index} of {source} has an empty instruction; fill it or drop the row")
+    kept = [r for r in rows if r["output"].strip()]
+    if len(kept) < len(rows):
+        empty = [i for i, r in enumerate(rows) if not r["output"].strip()]
+        log.warning(f"dropped {len(empty)} rows of {source} with an empty output (rows {empty[:5]}...)")
+    if not kept:
+        raise SortedNetError(f"{source} has no row with a non-empty output; nothing to train on")
+    return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in kept]
+
+
+def tokenize_rows(rows: list[dict], tokenizer, prompt_style: str, max_length: int, mask_prompt: bool) -> dict:
+    """Columns ``input_ids``, ``labels``, ``prompt_len`` (+ the raw text columns) for the rows that fit."""
+    style = get_prompt_style(prompt_style)
+    prompts = [style.format(r["instruction"], r["input"]) for r in rows]
+    examples = [p + r["output"] + tokenizer.eos_token for p, r in zip(prompts, rows, strict=True)]
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    example_ids = tokenizer(examples)["input_ids"]
+    columns = {k: [] for k in ("input_ids", "labels", "prompt_len", "instruction", "input", "output")}
+    too_long = 0
+    for row, prompt, ids in zip(rows, prompt_ids, example_ids, strict=True):
+        if len(prompt) >= max_length:
+            too_long += 1
+            continue
+        ids = ids[:max_length]
+        labels = list(ids)
+        if mask_prompt:
+            labels[: len(prompt)] = [IGNORE_INDEX] * len(prompt)
+        columns["input_ids"].append(ids)
+        columns["labels"].append(labels)
+        columns["prompt_len"].append(len(prompt))
+        for key in ("instruction", "input", "output"):
+            columns[key].append(row[key])
+    if too_long:
+        log.warning(
+            f"dropped {too_long} of {len(rows)} rows whose prompt alone reaches max_length={max_length} tokens; "
+            f"raise data.max_length to keep them"
+        )
+    if not columns["input_ids"]:
+        raise SortedNetError(
+            f"every prompt is at least max_length={max_length} tokens long; raise data.max_length"
+        )
+    return columns
+
+
+def _fingerprint(path: str, tokenizer, **settings) -> str:
+    digest = hashlib.sha256()
+    file = Path(path).expanduser()
+    digest.update(file.read_bytes() if file.is_file() else path.encode())
+    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(json.dumps({**settings, "eos": tokenizer.eos_token, "format": CACHE_FORMAT}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_tokenized(
+    path: str, tokenizer, prompt_style: str, max_length: int, mask_prompt: bool, cache_dir: str | os.PathLike
+):
+    """The tokenized data set as a ``datasets.Dataset``, built once per (file, tokenizer, settings)."""
+    import datasets
+
+    settings = dict(prompt_style=prompt_style, max_length=max_length, mask_prompt=mask_prompt)
+    target = Path(cache_dir) / "tokenized" / _fingerprint(path, tokenizer, **settings)
+    if not target.exists():
+        rows = check_rows(read_rows(path), path)
+        dataset = datasets.Dataset.from_dict(tokenize_rows(rows, tokenizer, **settings))
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        dataset.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, target)  # atomic: a killed run never leaves a half-written cache
+        except OSError:
+            if not target.exists():
+                raise
+    return datasets.load_from_disk(str(target))
+
+
+def split(n: int, val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded (train, validation) split of ``range(n)``; ``val_size`` is a count or a fraction."""
+    n_val = round(val_size * n) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    if not 0 < n_val < n:
+        raise SortedNetError(f"data.val_size={val_size} leaves no train or no validation rows out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+@dataclass
+class Collator:
+    """Right-pads ``input_ids`` with the pad (or, lacking one, EOS) id and ``labels`` with -100."""
+
+    pad_id: int
+    pad_to_multiple_of: int = 1
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(b["input_ids"]) for b in batch)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        out = {
+            "input_ids": torch.full((len(batch), width), self.pad_id, dtype=torch.long),
+            "labels": torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros((len(batch), width), dtype=torch.long),
+        }
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            out["input_ids"][i, :n] = torch.tensor(b["input_ids"])
+            out["labels"][i, :n] = torch.tensor(b["labels"])
+            out["attention_mask"][i, :n] = 1
+        return out
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -1,0 +1,81 @@
+"""Per-exit greedy answers and exact-match accuracy on held-out instruction rows."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sortednet.data.alpaca import pad_id
+from sortednet.model import SortedLM
+
+
+@torch.no_grad()
+def greedy_answers(
+    net: SortedLM, tokenizer, prompt_ids: list[list[int]], exit_: int, max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
+    """Greedy continuations of tokenized prompts by sub-model ``exit_`` (left-padded batches, KV cache)."""
+    answers = []
+    device = next(net.parameters()).device
+    pad = pad_id(tokenizer)
+    with net.at_exit(exit_) as lm:
+        for start in range(0, len(prompt_ids), batch_size):
+            chunk = prompt_ids[start : start + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
+            out = lm.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return answers
+
+
+def exact_match(answers: list[str], references: list[str]) -> float:
+    """Share of answers equal to their reference after stripping surrounding whitespace."""
+    hits = sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True))
+    return hits / max(len(references), 1)
+
+
+def exit_report(trainer, module, datamodule, tokenizer, settings) -> list[dict]:
+    """One row per exit: layers, parameters, validation loss and perplexity, greedy exact match."""
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    net = module.net.eval()
+    rows = datamodule.val_rows.select(range(min(settings.num_generate, len(datamodule.val_rows))))
+    prompts = [ids[:n] for ids, n in zip(rows["input_ids"], rows["prompt_len"], strict=True)]
+    embed = net.lm.get_input_embeddings().weight.numel()
+    per_layer = sum(p.numel() for p in net.decoder.layers[0].parameters())
+    report = []
+    for e in module.eval_exits:
+        loss = float(metrics.get(f"val/loss_exit_{e}", float("nan")))
+        row = {
+            "exit": e,
+            "layers": e,
+            "params_M": (embed + e * per_layer + net.head(e).weight.numel()) / 1e6,
+            "val_loss": loss,
+            "val_ppl": math.exp(loss),
+        }
+        if prompts:
+            answers = greedy_answers(net, tokenizer, prompts, e, settings.max_new_tokens)
+            row["exact_match"] = exact_match(answers, rows["output"])
+        report.append(row)
+    return report
+
+
+def format_report(report: list[dict], title: str = "") -> str:
+    """The per-exit table as fixed-width text (stdout-friendly, also pasted into experiments/)."""
+    columns = [c for c in ("exit", "layers", "params_M", "val_loss", "val_ppl", "exact_match") if c in report[0]]
+    lines = [title] if title else []
+    lines.append("  ".join(f"{c:>11}" for c in columns))
+    for row in report:
+        cells = [f"{row[c]:>11d}" if isinstance(row[c], int) else f"{row[c]:>11.3f}" for c in columns]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

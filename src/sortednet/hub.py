@@ -1,0 +1,77 @@
+"""Loading models and tokenizers from a hub id or a local directory, with one-line errors.
+
+The name ``embedded`` stands for the tiny model and tokenizer that :mod:`sortednet.data.embedded`
+writes under the cache directory; they are then loaded like any other local checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sortednet.errors import SortedNetError
+
+EMBEDDED = "embedded"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SORTEDNET_CACHE", Path.home() / ".cache" / "sortednet"))
+
+
+def resolve(name_or_path: str, part: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The local path behind ``embedded`` (``part`` is ``model``, ``tokenizer`` or ``data.json``), else as given."""
+    if name_or_path != EMBEDDED:
+        return name_or_path
+    from sortednet.data.embedded import materialise
+
+    return str(materialise(cache_dir or default_cache_dir()) / part)
+
+
+def _looks_local(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else is meant as a path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+def _not_found(name: str, what: str, error: Exception) -> SortedNetError:
+    if _looks_local(name):
+        return SortedNetError(f"{what} path {name!r} does not exist or is not a Hugging Face {what} directory")
+    return SortedNetError(
+        f"cannot load {what} {name!r}: not in the local Hugging Face cache and the hub is unreachable "
+        f"({type(error).__name__}); download it where a hub is reachable and pass the local directory, "
+        f"e.g. model.name_or_path=/path/to/{name.split('/')[-1]}"
+    )
+
+
+def load_tokenizer(name_or_path: str, cache_dir=None):
+    from transformers import AutoTokenizer
+
+    path = resolve(name_or_path, "tokenizer", cache_dir)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise _not_found(path, "tokenizer", error) from error
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None):
+    """A causal LM from a hub id or a local directory (``from_pretrained``, weights included)."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise SortedNetError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    path = resolve(name_or_path, "model", cache_dir)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as error:
+        raise _not_found(path, "model", error) from error
+
+
+def causal_lm_from_config(architecture: dict, dtype: str = "float32", device: str | torch.device = "meta"):
+    """Build a model from a config dict without weights (``meta`` by default): for plans and config tests."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**architecture)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])

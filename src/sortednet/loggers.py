@@ -1,0 +1,67 @@
+"""Experiment loggers: W&B (online with credentials, offline without), CSV, or none."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from sortednet.errors import SortedNetError
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B can log online: an API key in the environment or in ~/.netrc (``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_logger(settings: dict, run_dir: str, name: str, group: str | None, config: dict):
+    """A Lightning logger from ``logger.*`` settings, or ``False`` for none."""
+    settings = dict(settings)
+    kind = settings.pop("kind", "wandb")
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=run_dir, name="csv", version="")
+    if kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = settings.pop("mode", "auto")
+        if mode not in ("auto", "online", "offline"):
+            raise SortedNetError(f"logger.mode={mode!r}; use auto, online or offline")
+        offline = mode == "offline" or (mode == "auto" and not wandb_credentials())
+        return WandbLogger(
+            name=name, group=group, save_dir=run_dir, offline=offline, config=config, log_model=False, **settings
+        )
+    raise SortedNetError(f"unknown logger kind {kind!r}; use logger=wandb, logger=csv or logger=none")
+
+
+def describe(logger) -> str:
+    """Where the logs went, and for an offline W&B run the command that uploads it."""
+    if not logger:
+        return "no logger"
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        run = logger.experiment
+        run_dir = Path(run.dir).parent
+        if run.settings.mode == "offline" or getattr(run, "offline", False) or run_dir.name.startswith("offline"):
+            return f"W&B offline run {run_dir}  (upload: wandb sync {run_dir})"
+        return f"W&B run {run.url}"
+    return f"{type(logger).__name__} {logger.log_dir}"
+
+
+def finish(logger) -> None:
+    """Close a W&B run so that the next Hydra multirun job starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        wandb.finish()

@@ -1,0 +1,191 @@
+"""The LightningModule: a sorted model, an objective, the optimizer and the per-exit metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from sortednet.config import ModelConfig, ObjectiveConfig
+from sortednet.errors import SortedNetError
+from sortednet.hub import load_causal_lm
+from sortednet.loss import combine, exit_losses
+from sortednet.model import SortedLM, resolve_exits, truncate_layers_
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("soft", "sft", "ict", "extracted")
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up to 1, then a half cosine down to ``min_lr_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class SortedModule(L.LightningModule):
+    """Trains a :class:`~sortednet.model.SortedLM` with one of the objectives in :data:`OBJECTIVES`.
+
+    ``eval_exits`` (every exit of the set) are reported in validation whatever the objective;
+    ``train_exits`` are the exits the loss is taken at: all of them for soft, L for sft, the exits
+    below L for ict (exit L keeps the SFT head), and the kept layer count for extracted.
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        objective: ObjectiveConfig,
+        exits="every_2",
+        optimizer: Callable | None = None,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if objective.name not in OBJECTIVES:
+            raise SortedNetError(f"unknown objective {objective.name!r}; use objective={'|'.join(OBJECTIVES)}")
+        self.model_config, self.objective = model, objective
+        self.exit_spec, self.optimizer_factory = exits, optimizer
+        self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
+        self.save_hyperparameters(
+            {"model": dataclasses.asdict(model), "objective": dataclasses.asdict(objective), "exits": exits}
+        )
+        self.net: SortedLM | None = None
+
+    # ---------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        causal_lm = load_causal_lm(self.model_config.name_or_path, self.model_config.dtype, self.cache_dir)
+        self.setup_net(causal_lm)
+
+    def setup_net(self, causal_lm: torch.nn.Module) -> None:
+        """Wrap ``causal_lm`` and apply the objective (truncation, frozen decoder + exit heads)."""
+        net = SortedLM(causal_lm.train())  # from_pretrained returns eval mode
+        exits = resolve_exits(self.exit_spec, net.num_layers)
+        name = self.objective.name
+        if name == "extracted":
+            keep = self.objective.layers or exits[(len(exits) - 1) // 2]
+            truncate_layers_(causal_lm, keep)
+            exits = [keep]
+        if name == "ict":
+            if not self.objective.init_from:
+                raise SortedNetError(
+                    "objective=ict starts from an SFT checkpoint: pass objective.init_from=PATH.ckpt "
+                    "(the last.ckpt of a run with objective=sft)"
+                )
+            load_sorted_checkpoint(net, self.objective.init_from)
+            net.requires_grad_(False)
+            net.add_exit_heads(exits)
+        self.net, self.eval_exits = net, exits
+        self.train_exits = {"soft": exits, "sft": exits[-1:], "ict": exits[:-1], "extracted": exits}[name]
+        if not self.train_exits:
+            raise SortedNetError("objective=ict needs at least one exit below the last layer in the exit set")
+        weights = self.objective.exit_weights
+        if weights is not None and (name != "soft" or len(weights) != len(exits)):
+            raise SortedNetError(
+                f"objective.exit_weights has {len(weights)} values for exits {exits}; give one weight per exit "
+                f"(soft only)"
+            )
+        self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
+
+    def metadata(self) -> dict:
+        """What a checkpoint needs to be used without its training config."""
+        return {
+            "objective": self.objective.name,
+            "exits": self.eval_exits,
+            "num_layers": self.net.num_layers,
+            "exit_heads": sorted(int(e) for e in self.net.exit_heads) if self.net.exit_heads else [],
+            "hf_config": self.net.lm.config.to_dict(),
+            "model": self.model_config.name_or_path,
+            "tokenizer": self.model_config.tokenizer or self.model_config.name_or_path,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sortednet"] = self.metadata()
+
+    # ---------------------------------------------------------------- steps
+    def _exit_losses(self, batch: dict, exits) -> dict[int, torch.Tensor]:
+        # ICT trains only new heads: no graph through the frozen decoder.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.objective.name != "ict"):
+            hidden = self.net.exit_hidden_states(batch["input_ids"], batch["attention_mask"], exits)
+        return exit_losses(hidden, {e: self.net.head(e) for e in exits}, batch["labels"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self._exit_losses(batch, self.train_exits)
+        loss = combine(losses, self.objective.exit_weights)
+        size = batch["input_ids"].shape[0]
+        self.log_dict({f"train/loss_exit_{e}": v.detach() for e, v in losses.items()}, batch_size=size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        if n_tokens == 0:
+            return
+        for e, value in self._exit_losses(batch, self.eval_exits).items():
+            self.val_loss[str(e)].update(value, weight=n_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        last = self.eval_exits[-1]
+        for e in self.eval_exits:
+            metric = self.val_loss[str(e)]
+            if metric.update_count == 0:
+                continue
+            value = metric.compute()
+            self.log(f"val/loss_exit_{e}", value, sync_dist=False)
+            self.log(f"val/ppl_exit_{e}", torch.exp(value))
+            if e == last:
+                self.log("val/loss", value, prog_bar=True)
+            metric.reset()
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise SortedNetError("no optimizer configured; pick one, e.g. optimizer=adamw")
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        schedule = cosine_with_warmup(self.warmup_steps, int(self.trainer.estimated_stepping_batches), self.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def read_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint written by sortednet, or a one-line error."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise SortedNetError(f"checkpoint {path!r} not found") from error
+    except Exception as error:
+        raise SortedNetError(f"{path!r} is not a readable Lightning checkpoint ({type(error).__name__})") from error
+    if "sortednet" not in checkpoint or "state_dict" not in checkpoint:
+        raise SortedNetError(f"{path!r} has no sortednet metadata; pass a checkpoint written by sortednet.train")
+    return checkpoint
+
+
+def load_sorted_checkpoint(net: SortedLM, path: str) -> dict:
+    """Load a checkpoint's weights into ``net``; returns its metadata. The model shapes must match."""
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint["sortednet"]
+    if meta["num_layers"] != net.num_layers or meta["hf_config"].get("hidden_size") != net.lm.config.hidden_size:
+        raise SortedNetError(
+            f"{path!r} holds a {meta['num_layers']}-layer model of width {meta['hf_config'].get('hidden_size')}, "
+            f"but model.name_or_path is {net.num_layers} layers wide {net.lm.config.hidden_size}; use the same base model"
+        )
+    if meta["objective"] != "sft":
+        log.warning(f"{path} was trained with objective={meta['objective']}; the paper's ICT starts from SFT")
+    prefix = "net."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if not k.startswith("exit_heads.")}
+    net.load_state_dict(state, strict=True)
+    return meta

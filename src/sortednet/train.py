@@ -1,0 +1,110 @@
+"""`python -m sortednet.train [overrides]`: fine-tune with SoFT, SFT, ICT or extracted, then report per exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from sortednet.config import TrainConfig
+from sortednet.errors import SortedNetError
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+log = logging.getLogger("sortednet.train")
+
+
+def build(cfg: TrainConfig):
+    """Tokenizer, data module and module of a run (no Trainer): shared by training and the config tests."""
+    from hydra.utils import instantiate
+
+    from sortednet.data.datamodule import AlpacaDataModule
+    from sortednet.hub import load_tokenizer
+    from sortednet.module import SortedModule
+
+    cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.cache_dir)
+    datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir)
+    module = SortedModule(
+        cfg.model,
+        cfg.objective,
+        exits=cfg.exits,
+        optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
+        warmup_steps=cfg.warmup_steps,
+        min_lr_ratio=cfg.min_lr_ratio,
+        cache_dir=cfg.cache_dir,
+    )
+    return tokenizer, datamodule, module
+
+
+def _run_name_and_group() -> tuple[str, str | None]:
+    hydra_cfg = HydraConfig.get()
+    name = hydra_cfg.job.override_dirname or "default"
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"{hydra_cfg.job.num}:{name}", f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+    return name, None
+
+
+def train(cfg: TrainConfig, resolved: dict) -> None:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+    from sortednet import loggers
+    from sortednet.eval.exits import exit_report, format_report
+
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} not found; pass a .ckpt written by an earlier run")
+    tokenizer, datamodule, module = build(cfg)
+    module.configure_model()  # load weights and check the exit set before any process or logger starts
+
+    run_dir = Path(cfg.run_dir)
+    name, group = _run_name_and_group()
+    logger = loggers.build_logger(cfg.logger, str(run_dir), name, group, resolved)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        monitor="val/loss",
+        mode="min",
+        save_last=True,
+    )
+    callbacks = [checkpoints, RichProgressBar()]
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    try:
+        try:
+            trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+        except (TypeError, ValueError) as error:
+            raise SortedNetError(f"bad trainer setting: {error}") from error
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if trainer.is_global_zero:
+            report = exit_report(trainer, module, datamodule, tokenizer, cfg.eval)
+            print(format_report(report, title=f"objective={cfg.objective.name}, exits={module.eval_exits}"))
+            print(f"checkpoint:  {checkpoints.best_model_path}  (last: {checkpoints.last_model_path})")
+            print(f"run dir:     {run_dir}")
+            print(f"logs:        {loggers.describe(logger)}")
+    finally:
+        loggers.finish(logger)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        train(OmegaConf.to_object(cfg), resolved)
+    except SortedNetError as error:
+        print(f"sortednet: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -105,8 +105,8 @@ def exit_losses(
         per_row = linear_cross_entropy(
             torch.cat([rows[e] for e in group]), head, targets.repeat(len(group)), chunk_elements
         )
-        for e, chunk in zip(group, per_row.split(n_tokens), strict=True):
-            losses[e] = chunk.sum() / max(n_tokens, 1)
+        for e, exit_rows in zip(group, per_row.view(len(group), n_tokens), strict=True):
+            losses[e] = exit_rows.sum() / max(n_tokens, 1)
     return losses
 
 

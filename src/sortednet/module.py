@@ -55,6 +55,11 @@ class SortedModule(L.LightningModule):
         super().__init__()
         if objective.name not in OBJECTIVES:
             raise SortedNetError(f"unknown objective {objective.name!r}; use objective={'|'.join(OBJECTIVES)}")
+        if objective.name == "ict" and not objective.init_from:
+            raise SortedNetError(
+                "objective=ict starts from an SFT checkpoint: pass objective.init_from=PATH.ckpt "
+                "(the last.ckpt of a run with objective=sft)"
+            )
         self.model_config, self.objective = model, objective
         self.exit_spec, self.optimizer_factory = exits, optimizer
         self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
@@ -68,10 +73,13 @@ class SortedModule(L.LightningModule):
         if self.net is not None:
             return
         causal_lm = load_causal_lm(self.model_config.name_or_path, self.model_config.dtype, self.cache_dir)
+        if self.objective.name == "ict":
+            load_sorted_checkpoint(SortedLM(causal_lm), self.objective.init_from)
         self.setup_net(causal_lm)
 
     def setup_net(self, causal_lm: torch.nn.Module) -> None:
-        """Wrap ``causal_lm`` and apply the objective (truncation, frozen decoder + exit heads)."""
+        """Wrap ``causal_lm`` (weights already loaded) and apply the objective: truncation for extracted,
+        a frozen decoder plus new exit heads for ict."""
         net = SortedLM(causal_lm.train())  # from_pretrained returns eval mode
         exits = resolve_exits(self.exit_spec, net.num_layers)
         name = self.objective.name
@@ -80,12 +88,6 @@ class SortedModule(L.LightningModule):
             truncate_layers_(causal_lm, keep)
             exits = [keep]
         if name == "ict":
-            if not self.objective.init_from:
-                raise SortedNetError(
-                    "objective=ict starts from an SFT checkpoint: pass objective.init_from=PATH.ckpt "
-                    "(the last.ckpt of a run with objective=sft)"
-                )
-            load_sorted_checkpoint(net, self.objective.init_from)
             net.requires_grad_(False)
             net.add_exit_heads(exits)
         self.net, self.eval_exits = net, exits

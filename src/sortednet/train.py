@@ -11,7 +11,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
@@ -20,18 +20,13 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 log = logging.getLogger("sortednet.train")
 
 
-def build(cfg: TrainConfig):
-    """Tokenizer, data module and module of a run (no Trainer): shared by training and the config tests."""
+def build_module(cfg: TrainConfig):
+    """The LightningModule of a run, before its weights are loaded (``configure_model``)."""
     from hydra.utils import instantiate
 
-    from sortednet.data.datamodule import AlpacaDataModule
-    from sortednet.hub import load_tokenizer
     from sortednet.module import SortedModule
 
-    cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.cache_dir)
-    datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir)
-    module = SortedModule(
+    return SortedModule(
         cfg.model,
         cfg.objective,
         exits=cfg.exits,
@@ -40,7 +35,6 @@ def build(cfg: TrainConfig):
         min_lr_ratio=cfg.min_lr_ratio,
         cache_dir=cfg.cache_dir,
     )
-    return tokenizer, datamodule, module
 
 
 def _run_name_and_group() -> tuple[str, str | None]:
@@ -57,13 +51,18 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     from sortednet import loggers
+    from sortednet.data.datamodule import AlpacaDataModule
     from sortednet.eval.exits import exit_report, format_report
+    from sortednet.hub import load_tokenizer
 
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} not found; pass a .ckpt written by an earlier run")
-    tokenizer, datamodule, module = build(cfg)
+    cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
+    module = build_module(cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.cache_dir)
+    datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir)
     module.configure_model()  # load weights and check the exit set before any process or logger starts
 
     run_dir = Path(cfg.run_dir)
@@ -101,9 +100,15 @@ def main(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         train(OmegaConf.to_object(cfg), resolved)
+    except MissingMandatoryValue as error:
+        _fail(f"{error.full_key} has no value; set it on the command line: {error.full_key}=...")
     except SortedNetError as error:
-        print(f"sortednet: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
+
+
+def _fail(message: str) -> None:
+    print(f"sortednet: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

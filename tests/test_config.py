@@ -1,0 +1,90 @@
+"""Every experiment composes, validates and instantiates; large models are built on the meta device."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from sortednet.config import TrainConfig
+from sortednet.data.datamodule import AlpacaDataModule
+from sortednet.hub import causal_lm_from_config
+from sortednet.train import build_module  # also registers the schema
+
+CONF = Path(__file__).parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# Parameter counts of the released checkpoints (Llama 2 paper / model cards: 6.74B and 13.0B).
+PARAMS = {"meta-llama/Llama-2-13b-hf": 13_015_864_320, "meta-llama/Llama-2-7b-hf": 6_738_415_616}
+
+
+def _compose(*overrides: str) -> TrainConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["run_dir=/tmp/unused", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+def test_the_paper_experiments_exist():
+    assert {"soft_13b", "sft_13b", "ict_13b", "soft_7b"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
+    cfg = _compose(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
+    assert cfg.seed == 42 and cfg.optimizer["lr"] == 2e-5 and cfg.trainer["precision"] == "bf16-true"
+    module = build_module(cfg)
+    module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
+    assert sum(p.numel() for p in module.net.lm.parameters()) == PARAMS[cfg.model.name_or_path]
+    heads = module.net.exit_heads
+    extra = sum(p.numel() for p in heads.parameters()) if heads is not None else 0
+    layers = cfg.model.architecture["num_hidden_layers"]
+    assert module.eval_exits[-1] == layers
+    if cfg.model.name_or_path.endswith("13b-hf"):
+        assert module.eval_exits == [12, 16, 20, 24, 28, 32, 36, 40]
+    expected_train = {"soft": module.eval_exits, "sft": [layers], "ict": module.eval_exits[:-1]}
+    assert module.train_exits == expected_train[cfg.objective.name]
+    if cfg.objective.name == "ict":  # 7 new heads of 5120 x 32000, nothing else trainable
+        assert extra == 7 * 5120 * 32000
+        assert {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad} == {"net"}
+        assert all("exit_heads" in n for n, p in module.named_parameters() if p.requires_grad)
+    optimizer = module.optimizer_factory([p for p in module.parameters() if p.requires_grad])
+    assert optimizer.defaults["lr"] == 2e-5
+    AlpacaDataModule(cfg.data, tokenizer, "/tmp/unused")
+    assert set(cfg.trainer) <= set(inspect.signature(L.Trainer).parameters)
+
+
+def test_default_config_is_the_embedded_soft_run():
+    cfg = _compose()
+    assert (cfg.model.name_or_path, cfg.data.path, cfg.objective.name, cfg.exits) == (
+        "embedded",
+        "embedded",
+        "soft",
+        "every_2",
+    )
+    assert cfg.logger["kind"] == "wandb" and cfg.trainer["accelerator"] == "cpu"
+
+
+@pytest.mark.parametrize("objective", ["soft", "sft", "ict", "extracted"])
+def test_objective_group(objective):
+    assert _compose(f"objective={objective}").objective.name == objective
+
+
+@pytest.mark.parametrize(
+    "override", ["no_such_key=1", "data.no_such_key=1", "data.max_length=lots", "model=no_such_model"]
+)
+def test_unknown_or_mistyped_keys_fail_at_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        _compose(override)
+
+
+def test_exit_sets_sweep_as_explicit_lists():
+    """`-m 'exits=[4,8],[2,4,6,8]'` is a sweep over two lists, not a group selection."""
+    (override,) = OverridesParser.create().parse_overrides(["exits=[4,8],[2,4,6,8]"])
+    assert override.is_sweep_override()
+    assert list(override.sweep_iterator()) == [[4, 8], [2, 4, 6, 8]]
+    assert _compose("exits=[4,8]").exits == [4, 8]

@@ -6,7 +6,10 @@ writes under the cache directory; they are then loaded like any other local chec
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -30,6 +33,27 @@ def resolve(name_or_path: str, part: str, cache_dir: str | os.PathLike | None = 
     return str(materialise(cache_dir or default_cache_dir()) / part)
 
 
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (checked once per process).
+
+    Without this, ``from_pretrained`` on a machine with no route to the hub retries for about a minute
+    before failing; with it, such machines go straight to the local cache (``local_files_only``).
+    """
+    from huggingface_hub import constants
+
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _local_only(path: str) -> bool:
+    return Path(path).expanduser().exists() or not hub_reachable()
+
+
 def _looks_local(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else is meant as a path.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
@@ -38,10 +62,10 @@ def _looks_local(name: str) -> bool:
 def _not_found(name: str, what: str, error: Exception) -> SortedNetError:
     if _looks_local(name):
         return SortedNetError(f"{what} path {name!r} does not exist or is not a Hugging Face {what} directory")
+    where = "the hub is unreachable" if not hub_reachable() else f"the hub refused it ({type(error).__name__})"
     return SortedNetError(
-        f"cannot load {what} {name!r}: not in the local Hugging Face cache and the hub is unreachable "
-        f"({type(error).__name__}); download it where a hub is reachable and pass the local directory, "
-        f"e.g. model.name_or_path=/path/to/{name.split('/')[-1]}"
+        f"cannot load {what} {name!r}: it is not in the local Hugging Face cache and {where}; download it "
+        f"where the hub is reachable and pass the local directory: model.name_or_path=/path/to/{name.split('/')[-1]}"
     )
 
 
@@ -50,7 +74,7 @@ def load_tokenizer(name_or_path: str, cache_dir=None):
 
     path = resolve(name_or_path, "tokenizer", cache_dir)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, local_files_only=_local_only(path))
     except (OSError, ValueError) as error:
         raise _not_found(path, "tokenizer", error) from error
 
@@ -63,7 +87,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None):
         raise SortedNetError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     path = resolve(name_or_path, "model", cache_dir)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=_local_only(path))
     except (OSError, ValueError) as error:
         raise _not_found(path, "model", error) from error
 

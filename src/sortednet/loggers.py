@@ -50,10 +50,11 @@ def describe(logger) -> str:
 
     if isinstance(logger, WandbLogger):
         run = logger.experiment
-        run_dir = Path(run.dir).parent
-        if run.settings.mode == "offline" or getattr(run, "offline", False) or run_dir.name.startswith("offline"):
-            return f"W&B offline run {run_dir}  (upload: wandb sync {run_dir})"
-        return f"W&B run {run.url}"
+        group = f" (group {run.group})" if run.group else ""
+        if getattr(run, "offline", False) or run.settings.mode in ("offline", "dryrun"):
+            run_dir = Path(run.dir).parent
+            return f"W&B offline run {run_dir}{group}; upload it with: wandb sync {run_dir}"
+        return f"W&B run {run.url}{group}"
     return f"{type(logger).__name__} {logger.log_dir}"
 
 

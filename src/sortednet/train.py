@@ -85,6 +85,8 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
         except (TypeError, ValueError) as error:
             raise SortedNetError(f"bad trainer setting: {error}") from error
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        # Validation-time checkpoints can miss the last steps; last.ckpt is always the end of training.
+        trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
         if trainer.is_global_zero:
             report = exit_report(trainer, module, datamodule, tokenizer, cfg.eval)
             print(format_report(report, title=f"objective={cfg.objective.name}, exits={module.eval_exits}"))

@@ -1,0 +1,154 @@
+"""`python -m sortednet.train` as a user runs it: end to end, resume, the baselines, logging, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sortednet.data.embedded import make_rows
+
+SMALL = ["data.val_size=8", "data.batch_size=8", "data.eval_batch_size=8", "eval.num_generate=4"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """48 embedded rows: 5 train steps per epoch at batch 8."""
+    path = tmp_path_factory.mktemp("data") / "small.json"
+    path.write_text(json.dumps(make_rows(48)))
+    return path
+
+
+def run_cli(tmp_path: Path, run: str, *overrides: str, env: dict | None = None, multirun: bool = False):
+    """Run the CLI in ``tmp_path`` (HOME there too, so no W&B credentials leak in); return the process."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environment.update(HOME=str(tmp_path), WANDB_SILENT="true", **(env or {}))
+    args = [sys.executable, "-m", "sortednet.train", *(["-m"] if multirun else [])]
+    args += [f"hydra.run.dir={tmp_path / run}", f"hydra.sweep.dir={tmp_path / run}", *overrides]
+    return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def _ok(process) -> str:
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process.stdout
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+
+
+def _ckpt(run_dir: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
+    out = _ok(run_cli(tmp_path, "soft", f"data.path={data_file}", "logger=csv", "trainer.max_epochs=2", *SMALL))
+    header = next(line for line in out.splitlines() if "exact_match" in line).split()
+    assert header == ["exit", "layers", "params_M", "val_loss", "val_ppl", "exact_match"]
+    table = [line.split() for line in out.splitlines() if line.split()[:1] in (["2"], ["4"], ["6"], ["8"])]
+    assert [row[0] for row in table] == ["2", "4", "6", "8"]
+    assert "checkpoint:" in out and "run dir:" in out and "logs:" in out
+
+    run_dir = tmp_path / "soft"
+    steps = [r for r in _metrics(run_dir) if r["train/loss"]]
+    assert len(steps) == 10  # 5 steps x 2 epochs, each one logged with every exit's loss
+    assert all(r[f"train/loss_exit_{e}"] for r in steps for e in (2, 4, 6, 8))
+    assert any(r["val/loss_exit_4"] for r in _metrics(run_dir))
+    meta = _ckpt(run_dir)["sortednet"]
+    assert meta["exits"] == [2, 4, 6, 8] and meta["objective"] == "soft" and meta["num_layers"] == 8
+    assert any(p.name.startswith("step") for p in (run_dir / "checkpoints").iterdir())  # best by val/loss
+
+
+def test_resume_restores_step_optimizer_and_schedule(tmp_path, cache_dir, data_file):
+    common = [f"data.path={data_file}", "logger=csv", "eval.num_generate=0", *SMALL[:3]]
+    _ok(run_cli(tmp_path, "first", *common, "trainer.max_epochs=1"))
+    first = _ckpt(tmp_path / "first")
+    assert first["global_step"] == 5
+    _ok(run_cli(tmp_path, "resumed", *common, "trainer.max_epochs=2", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt"))
+    resumed = _ckpt(tmp_path / "resumed")
+    assert resumed["global_step"] == 10 and resumed["epoch"] == 2
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 10
+    assert all(state["step"] == 10 for state in resumed["optimizer_states"][0]["state"].values())
+    # the resumed run logged steps 5..9 only: it continued, it did not start over
+    assert sorted({int(r["step"]) for r in _metrics(tmp_path / "resumed") if r["train/loss"]}) == list(range(5, 10))
+
+
+def test_sft_then_ict_then_extracted(tmp_path, cache_dir, data_file):
+    common = [f"data.path={data_file}", "logger=csv", "trainer.max_epochs=1", *SMALL]
+    out = _ok(run_cli(tmp_path, "sft", *common, "objective=sft"))
+    assert "objective=sft, exits=[2, 4, 6, 8]" in out  # trained at 8, reported at every exit
+    sft = _ckpt(tmp_path / "sft")
+    assert [int(r["step"]) for r in _metrics(tmp_path / "sft") if r.get("train/loss_exit_8")]
+    assert not any(r.get("train/loss_exit_4") for r in _metrics(tmp_path / "sft"))
+
+    _ok(run_cli(tmp_path, "ict", *common, "objective=ict", f"objective.init_from={tmp_path}/sft/checkpoints/last.ckpt"))
+    ict = _ckpt(tmp_path / "ict")
+    assert ict["sortednet"]["exit_heads"] == [2, 4, 6]
+    for key, value in sft["state_dict"].items():  # the SFT model is frozen, exit 8 keeps its head
+        torch.testing.assert_close(ict["state_dict"][key], value, rtol=0, atol=0)
+    shared = sft["state_dict"]["net.lm.lm_head.weight"]
+    for e in (2, 4, 6):
+        assert not torch.equal(ict["state_dict"][f"net.exit_heads.{e}.weight"], shared)
+
+    out = _ok(run_cli(tmp_path, "extracted", *common, "objective=extracted"))
+    meta = _ckpt(tmp_path / "extracted")["sortednet"]
+    assert (meta["num_layers"], meta["exits"]) == (4, [4])
+    assert "exits=[4]" in out
+
+
+def test_wandb_logs_offline_without_credentials(tmp_path, cache_dir, data_file):
+    out = _ok(run_cli(tmp_path, "wb", f"data.path={data_file}", "trainer.max_epochs=1", *SMALL))
+    offline_runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert f"wandb sync {offline_runs[0]}" in out
+
+
+@pytest.mark.slow
+def test_multirun_over_exit_sets_gives_one_wandb_run_per_job(tmp_path, cache_dir, data_file):
+    out = _ok(
+        run_cli(
+            tmp_path, "sweep", "exits=[4,8],[2,4,6,8]", f"data.path={data_file}", "trainer.max_epochs=1",
+            *SMALL, multirun=True,
+        )
+    )
+    assert "exits=[4, 8]" in out and "exits=[2, 4, 6, 8]" in out
+    runs = [sorted((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
+    assert [len(r) for r in runs] == [1, 1] and runs[0] != runs[1]
+    assert out.count("wandb sync") == 2 and out.count("group sweep-") == 2
+
+
+BAD_INPUT = [
+    (["model.name_or_path=/no/such/model"], "does not exist"),
+    (["experiment=soft_13b"], "model.name_or_path=/path/to/Llama-2-13b-hf"),
+    (["exits=[2,4,9]"], "outside [1, 8]"),
+    (["exits=[4,2,8]"], "not sorted"),
+    (["exits=[2,4]"], "do not contain the last layer 8"),
+    (["objective=ict"], "objective.init_from"),
+    (["ckpt_path=/no/such.ckpt"], "not found"),
+    (["data.path=BAD"], "malformed JSON"),
+    (["no_such_key=1"], "no_such_key"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT, ids=[o[0] for o, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_loses_nothing(tmp_path, cache_dir, data_file, overrides, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "x", "output": "y"},\n {"instruction": }]')
+    overrides = [o.replace("BAD", str(bad)) for o in overrides]
+    # an earlier run's files sit in the run directory the failing command points at
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    kept = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    kept.write_bytes(b"earlier checkpoint")
+    process = run_cli(tmp_path, "run", f"data.path={data_file}", "logger=csv", *overrides)
+    assert process.returncode != 0
+    assert message in process.stderr and "Traceback" not in process.stderr
+    if "sortednet: error:" in process.stderr:
+        (line,) = [x for x in process.stderr.splitlines() if x.startswith("sortednet: error:")]
+        assert message in line
+    assert kept.read_bytes() == b"earlier checkpoint"

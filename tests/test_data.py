@@ -122,9 +122,7 @@ def test_tokenize_rows_matches_stanford_recipe(tokenizer, max_length):
             assert ids[-1] == labels[-1] == tokenizer.eos_token_id
             assert ids.count(tokenizer.eos_token_id) == 1
             # The trained tokens are exactly the response.
-            assert (
-                tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=True) == row["output"]
-            )
+            assert tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=True) == row["output"]
     # The long story is truncated at 128 but whole at 320; the short rows end in EOS either way.
     lengths = [len(ids) for ids in columns["input_ids"]]
     assert (lengths[3] == 128) == (max_length == 128)
@@ -202,8 +200,7 @@ BAD_FILES = {
     ),
     "malformed_jsonl": (
         "data.jsonl",
-        '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": \n'
-        '{"instruction": "e", "output": "f"}\n',
+        '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": \n{"instruction": "e", "output": "f"}\n',
         r"malformed JSON in .*data\.jsonl at line 3: ",
     ),
     "empty_json": ("data.json", "", r"at line 1, column 1"),
@@ -265,21 +262,15 @@ def test_bad_file_raises_one_line_error_and_writes_nothing(tokenizer, tmp_path, 
     assert not (cache / "tokenized").exists() or list((cache / "tokenized").iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "row",
-    [{"instruction": None, "output": "x"}, {"instruction": "a", "output": None}],
-    ids=["none_instruction", "none_output"],
-)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="library bug: check_rows lets None through its type check, then calls None.strip() "
-    "(src/sortednet/data/alpaca.py, check_rows); remove this mark once it raises SortedNetError",
-)
-def test_null_instruction_or_output_raises_sortednet_error(row):
+def test_null_instruction_raises_and_null_output_is_dropped(caplog):
     with pytest.raises(SortedNetError) as error:
-        check_rows([GOOD, row], "data.json")
+        check_rows([GOOD, {"instruction": None, "output": "x"}], "data.json")
     assert "row 1" in _one_line(error)
+    with caplog.at_level(logging.WARNING):
+        assert check_rows([GOOD, {"instruction": "a", "output": None}], "data.json") == [
+            {"instruction": GOOD["instruction"], "input": GOOD.get("input") or "", "output": GOOD["output"]}
+        ]
+    assert "dropped 1 rows" in caplog.text
 
 
 def test_null_or_missing_input_becomes_empty_string():
@@ -310,9 +301,7 @@ def test_empty_outputs_are_dropped_with_warning(caplog):
     assert "dropped 2 rows of data.json" in warnings[0] and "[1, 2]" in warnings[0]
 
 
-@pytest.mark.parametrize(
-    "path", ["/nonexistent/x.json", "/nonexistent/x.jsonl", "./missing.json", "no_such.jsonl"]
-)
+@pytest.mark.parametrize("path", ["/nonexistent/x.json", "/nonexistent/x.jsonl", "./missing.json", "no_such.jsonl"])
 def test_missing_file_says_not_found(tokenizer, tmp_path, monkeypatch, path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SortedNetError) as error:
@@ -384,10 +373,7 @@ def test_pad_id_falls_back_to_eos(tokenizer, embedded_root):
 
 def test_collator_right_pads(tokenizer):
     columns = tokenize_rows(ROWS[:3], tokenizer, "alpaca", 128, mask_prompt=True)
-    batch = [
-        {"input_ids": i, "labels": lab}
-        for i, lab in zip(columns["input_ids"], columns["labels"], strict=True)
-    ]
+    batch = [{"input_ids": i, "labels": lab} for i, lab in zip(columns["input_ids"], columns["labels"], strict=True)]
     lengths = [len(b["input_ids"]) for b in batch]
     assert len(set(lengths)) == 3
     eos = tokenizer.eos_token_id
@@ -482,8 +468,7 @@ def test_datamodule_end_to_end(tokenizer, tmp_path):
     assert all(isinstance(o, str) and o for o in val_outputs)
     assert set(val_outputs) <= {r["output"] for r in rows}
     train_outputs = {
-        tokenizer.decode([t for t in lab if t != -100], skip_special_tokens=True)
-        for lab in dm.train_set["labels"]
+        tokenizer.decode([t for t in lab if t != -100], skip_special_tokens=True) for lab in dm.train_set["labels"]
     }
     assert train_outputs.isdisjoint(val_outputs) and len(train_outputs | set(val_outputs)) == 40
 

@@ -70,7 +70,15 @@ def test_resume_restores_step_optimizer_and_schedule(tmp_path, cache_dir, data_f
     _ok(run_cli(tmp_path, "first", *common, "trainer.max_epochs=1"))
     first = _ckpt(tmp_path / "first")
     assert first["global_step"] == 5
-    _ok(run_cli(tmp_path, "resumed", *common, "trainer.max_epochs=2", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt"))
+    _ok(
+        run_cli(
+            tmp_path,
+            "resumed",
+            *common,
+            "trainer.max_epochs=2",
+            f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+        )
+    )
     resumed = _ckpt(tmp_path / "resumed")
     assert resumed["global_step"] == 10 and resumed["epoch"] == 2
     assert resumed["lr_schedulers"][0]["last_epoch"] == 10
@@ -87,7 +95,15 @@ def test_sft_then_ict_then_extracted(tmp_path, cache_dir, data_file):
     assert [int(r["step"]) for r in _metrics(tmp_path / "sft") if r.get("train/loss_exit_8")]
     assert not any(r.get("train/loss_exit_4") for r in _metrics(tmp_path / "sft"))
 
-    _ok(run_cli(tmp_path, "ict", *common, "objective=ict", f"objective.init_from={tmp_path}/sft/checkpoints/last.ckpt"))
+    _ok(
+        run_cli(
+            tmp_path,
+            "ict",
+            *common,
+            "objective=ict",
+            f"objective.init_from={tmp_path}/sft/checkpoints/last.ckpt",
+        )
+    )
     ict = _ckpt(tmp_path / "ict")
     assert ict["sortednet"]["exit_heads"] == [2, 4, 6]
     for key, value in sft["state_dict"].items():  # the SFT model is frozen, exit 8 keeps its head
@@ -113,8 +129,13 @@ def test_wandb_logs_offline_without_credentials(tmp_path, cache_dir, data_file):
 def test_multirun_over_exit_sets_gives_one_wandb_run_per_job(tmp_path, cache_dir, data_file):
     out = _ok(
         run_cli(
-            tmp_path, "sweep", "exits=[4,8],[2,4,6,8]", f"data.path={data_file}", "trainer.max_epochs=1",
-            *SMALL, multirun=True,
+            tmp_path,
+            "sweep",
+            "exits=[4,8],[2,4,6,8]",
+            f"data.path={data_file}",
+            "trainer.max_epochs=1",
+            *SMALL,
+            multirun=True,
         )
     )
     assert "exits=[4, 8]" in out and "exits=[2, 4, 6, 8]" in out

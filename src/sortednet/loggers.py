@@ -37,7 +37,13 @@ def build_logger(settings: dict, run_dir: str, name: str, group: str | None, con
             raise SortedNetError(f"logger.mode={mode!r}; use auto, online or offline")
         offline = mode == "offline" or (mode == "auto" and not wandb_credentials())
         return WandbLogger(
-            name=name, group=group, save_dir=run_dir, offline=offline, config=config, log_model=False, **settings
+            name=name,
+            group=group,
+            save_dir=run_dir,
+            offline=offline,
+            config=config,
+            log_model=False,
+            **settings,
         )
     raise SortedNetError(f"unknown logger kind {kind!r}; use logger=wandb, logger=csv or logger=none")
 

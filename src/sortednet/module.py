@@ -158,8 +158,13 @@ class SortedModule(L.LightningModule):
             raise SortedNetError("no optimizer configured; pick one, e.g. optimizer=adamw")
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        schedule = cosine_with_warmup(self.warmup_steps, int(self.trainer.estimated_stepping_batches), self.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+        schedule = cosine_with_warmup(
+            self.warmup_steps, int(self.trainer.estimated_stepping_batches), self.min_lr_ratio
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
+        }
 
 
 def read_checkpoint(path: str) -> dict:
@@ -180,14 +185,20 @@ def load_sorted_checkpoint(net: SortedLM, path: str) -> dict:
     checkpoint = read_checkpoint(path)
     meta = checkpoint["sortednet"]
     if meta["num_layers"] != net.num_layers or meta["hf_config"].get("hidden_size") != net.lm.config.hidden_size:
+        theirs = f"{meta['num_layers']} layers of width {meta['hf_config'].get('hidden_size')}"
+        ours = f"{net.num_layers} layers of width {net.lm.config.hidden_size}"
         raise SortedNetError(
-            f"{path!r} holds a {meta['num_layers']}-layer model of width {meta['hf_config'].get('hidden_size')}, "
-            f"but model.name_or_path is {net.num_layers} layers wide {net.lm.config.hidden_size}; use the same base model"
+            f"{path!r} holds a model of {theirs}, model.name_or_path one of {ours}; start from the same base model"
         )
     if meta["objective"] != "sft":
         log.warning(f"{path} was trained with objective={meta['objective']}; the paper's ICT starts from SFT")
     prefix = "net."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     state = {k: v for k, v in state.items() if not k.startswith("exit_heads.")}
-    net.load_state_dict(state, strict=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise SortedNetError(
+            f"{path!r} does not fit model.name_or_path (other weights or shapes); start from the same base model"
+        ) from error
     return meta

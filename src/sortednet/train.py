@@ -89,7 +89,9 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
         trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
         if trainer.is_global_zero:
             report = exit_report(trainer, module, datamodule, tokenizer, cfg.eval)
-            print(format_report(report, title=f"objective={cfg.objective.name}, exits={module.eval_exits}"))
+            table = format_report(report, title=f"objective={cfg.objective.name}, exits={module.eval_exits}")
+            (run_dir / "exit_report.txt").write_text(table + "\n")
+            print(table)
             print(f"checkpoint:  {checkpoints.best_model_path}  (last: {checkpoints.last_model_path})")
             print(f"run dir:     {run_dir}")
             print(f"logs:        {loggers.describe(logger)}")

@@ -19,6 +19,7 @@ import torch
 
 from sortednet.data.prompts import get_prompt_style
 from sortednet.errors import SortedNetError
+from sortednet.io import write_dir_atomically
 from sortednet.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,11 @@ def check_rows(rows: list, source: str) -> list[dict]:
         for key in ("instruction", "input", "output"):
             if key in row and row[key] is not None and not isinstance(row[key], str):
                 raise SortedNetError(f"row {index} of {source}: {key!r} is a {type(row[key]).__name__}, not text")
-        if not row["instruction"].strip():
+        if not (row["instruction"] or "").strip():
             raise SortedNetError(f"row {index} of {source} has an empty instruction; fill it or drop the row")
-    kept = [r for r in rows if r["output"].strip()]
-    if len(kept) < len(rows):
-        empty = [i for i, r in enumerate(rows) if not r["output"].strip()]
+    empty = [i for i, r in enumerate(rows) if not (r["output"] or "").strip()]
+    kept = [r for i, r in enumerate(rows) if i not in set(empty)]
+    if empty:
         log.warning(f"dropped {len(empty)} rows of {source} with an empty output (rows {empty[:5]}...)")
     if not kept:
         raise SortedNetError(f"{source} has no row with a non-empty output; nothing to train on")
@@ -123,9 +124,7 @@ def tokenize_rows(rows: list[dict], tokenizer, prompt_style: str, max_length: in
             f"raise data.max_length to keep them"
         )
     if not columns["input_ids"]:
-        raise SortedNetError(
-            f"every prompt is at least max_length={max_length} tokens long; raise data.max_length"
-        )
+        raise SortedNetError(f"every prompt is at least max_length={max_length} tokens long; raise data.max_length")
     return columns
 
 
@@ -149,13 +148,7 @@ def load_tokenized(
     if not target.exists():
         rows = check_rows(read_rows(path), path)
         dataset = datasets.Dataset.from_dict(tokenize_rows(rows, tokenizer, **settings))
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        dataset.save_to_disk(str(tmp))
-        try:
-            os.replace(tmp, target)  # atomic: a killed run never leaves a half-written cache
-        except OSError:
-            if not target.exists():
-                raise
+        write_dir_atomically(target, lambda tmp: dataset.save_to_disk(str(tmp)))
     return datasets.load_from_disk(str(target))
 
 

@@ -7,7 +7,7 @@ bytes, and a finished directory is never rewritten.
 
 The task families are graded in difficulty, so that shallow and deep exits differ measurably:
 ``recall`` (a memorised lookup), ``copy`` (attend and copy), ``count``, ``reverse`` and ``add``
-(two-digit addition, which needs the most computation).
+(a 200-fact addition table).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
-VERSION = "v1"
+from sortednet.io import write_dir_atomically
+
+VERSION = "v2"
 WORDS = (
     "apple river stone cloud tiger lemon piano rocket garden silver candle forest "
     "window rabbit orange planet dragon pencil castle mirror violin copper meadow falcon"
@@ -48,17 +48,21 @@ def _recall(rng: random.Random) -> dict:
 
 
 def _copy(rng: random.Random) -> dict:
-    words = rng.sample(WORDS, rng.randint(2, 4))
+    words = rng.sample(WORDS[:12], rng.randint(2, 3))
     return {"instruction": "Repeat the words exactly.", "input": " ".join(words), "output": " ".join(words)}
 
 
 def _count(rng: random.Random) -> dict:
     words = [rng.choice(WORDS[:6]) for _ in range(rng.randint(1, 7))]
-    return {"instruction": "How many words are in the input?", "input": " ".join(words), "output": str(len(words))}
+    return {
+        "instruction": "How many words are in the input?",
+        "input": " ".join(words),
+        "output": str(len(words)),
+    }
 
 
 def _reverse(rng: random.Random) -> dict:
-    words = rng.sample(WORDS, rng.randint(2, 4))
+    words = rng.sample(WORDS[:12], rng.randint(2, 3))
     return {
         "instruction": "Write the words in reverse order.",
         "input": " ".join(words),
@@ -67,7 +71,7 @@ def _reverse(rng: random.Random) -> dict:
 
 
 def _add(rng: random.Random) -> dict:
-    a, b = rng.randint(0, 49), rng.randint(0, 49)
+    a, b = rng.randint(0, 9), rng.randint(0, 19)
     return {"instruction": f"What is {a} plus {b}?", "input": "", "output": str(a + b)}
 
 
@@ -105,21 +109,6 @@ def _build_tokenizer(rows: list[dict]):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def _write_atomically(target: Path, write) -> None:
-    """Build ``target`` in a temporary sibling and rename it into place; a crash leaves no half directory."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.exists():
-            raise
-        # Another process finished the same directory first; keep theirs.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def materialise(root: str | os.PathLike) -> Path:
     """Write (once) the embedded data, tokenizer and model under ``root``; return their directory.
 
@@ -145,5 +134,5 @@ def materialise(root: str | os.PathLike) -> Path:
         torch.manual_seed(0)
         LlamaForCausalLM(config).save_pretrained(tmp / "model")
 
-    _write_atomically(target, write)
+    write_dir_atomically(target, write)
     return target

@@ -12,7 +12,12 @@ from sortednet.model import SortedLM
 
 @torch.no_grad()
 def greedy_answers(
-    net: SortedLM, tokenizer, prompt_ids: list[list[int]], exit_: int, max_new_tokens: int, batch_size: int = 32
+    net: SortedLM,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    exit_: int,
+    max_new_tokens: int,
+    batch_size: int = 32,
 ) -> list[str]:
     """Greedy continuations of tokenized prompts by sub-model ``exit_`` (left-padded batches, KV cache)."""
     answers = []

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import save_tiny
 from sortednet.data.embedded import make_rows
 
 SMALL = ["data.val_size=8", "data.batch_size=8", "data.eval_batch_size=8", "eval.num_generate=4"]
@@ -118,6 +119,28 @@ def test_sft_then_ict_then_extracted(tmp_path, cache_dir, data_file):
     assert "exits=[4]" in out
 
 
+def test_any_local_checkpoint_and_jsonl_file(tmp_path, cache_dir, embedded_root, tokenizer, data_file):
+    """A user's own model directory (here a tiny Mistral) with a separate tokenizer and a .jsonl data file."""
+    model_dir = save_tiny("mistral", tmp_path / "mistral", vocab_size=len(tokenizer))
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(json.dumps(row) for row in json.loads(data_file.read_text())))
+    out = _ok(
+        run_cli(
+            tmp_path,
+            "own",
+            f"model.name_or_path={model_dir}",
+            f"model.tokenizer={embedded_root / 'tokenizer'}",
+            f"data.path={jsonl}",
+            "exits=[2,4]",
+            "logger=csv",
+            "trainer.max_epochs=1",
+            *SMALL,
+        )
+    )
+    assert "objective=soft, exits=[2, 4]" in out
+    assert _ckpt(tmp_path / "own")["sortednet"]["hf_config"]["model_type"] == "mistral"
+
+
 def test_wandb_logs_offline_without_credentials(tmp_path, cache_dir, data_file):
     out = _ok(run_cli(tmp_path, "wb", f"data.path={data_file}", "trainer.max_epochs=1", *SMALL))
     offline_runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
@@ -153,6 +176,7 @@ BAD_INPUT = [
     (["objective=ict"], "objective.init_from"),
     (["ckpt_path=/no/such.ckpt"], "not found"),
     (["data.path=BAD"], "malformed JSON"),
+    (["data.max_length=8"], "raise data.max_length"),
     (["no_such_key=1"], "no_such_key"),
 ]
 

@@ -63,7 +63,9 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
     module = build_module(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.cache_dir)
     datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir)
-    module.configure_model()  # load weights and check the exit set before any process or logger starts
+    # Load and check weights, exits and data before any process, logger or file is started.
+    module.configure_model()
+    datamodule.prepare_data()
 
     run_dir = Path(cfg.run_dir)
     name, group = _run_name_and_group()

@@ -60,6 +60,13 @@ def read_rows(path: str) -> list[dict]:
 def _read_hub_rows(hub_id: str) -> list[dict]:
     import datasets
 
+    from sortednet.hub import hub_reachable
+
+    if not hub_reachable():
+        raise SortedNetError(
+            f"cannot load data set {hub_id!r}: the hub is unreachable; download it where the hub is reachable "
+            f"and pass data.path=/path/to/file.json"
+        )
     try:
         return datasets.load_dataset(hub_id, split="train").to_list()
     except Exception as error:  # datasets raises many types for "unreachable" / "no such data set"

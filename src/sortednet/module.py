@@ -146,7 +146,7 @@ class SortedModule(L.LightningModule):
             if metric.update_count == 0:
                 continue
             value = metric.compute()
-            self.log(f"val/loss_exit_{e}", value, sync_dist=False)
+            self.log(f"val/loss_exit_{e}", value)
             self.log(f"val/ppl_exit_{e}", torch.exp(value))
             if e == last:
                 self.log("val/loss", value, prog_bar=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-log = logging.getLogger("sortednet.train")
 
 
 def build_module(cfg: TrainConfig):
@@ -89,8 +87,9 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         # Validation-time checkpoints can miss the last steps; last.ckpt is always the end of training.
         trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
+        metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         if trainer.is_global_zero:
-            report = exit_report(trainer, module, datamodule, tokenizer, cfg.eval)
+            report = exit_report(module, datamodule, tokenizer, metrics, cfg.eval)
             table = format_report(report, title=f"objective={cfg.objective.name}, exits={module.eval_exits}")
             (run_dir / "exit_report.txt").write_text(table + "\n")
             print(table)

@@ -50,13 +50,13 @@ def exact_match(answers: list[str], references: list[str]) -> float:
     return hits / max(len(references), 1)
 
 
-def exit_report(trainer, module, datamodule, tokenizer, settings) -> list[dict]:
-    """One row per exit: layers, parameters, validation loss and perplexity, greedy exact match."""
-    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[dict]:
+    """One row per exit: layers, parameters, validation loss and perplexity (from ``metrics``, the logged
+    ``val/loss_exit_{n}``), and the exact match of greedy answers to held-out rows."""
     net = module.net.eval()
     rows = datamodule.val_rows.select(range(min(settings.num_generate, len(datamodule.val_rows))))
     prompts = [ids[:n] for ids, n in zip(rows["input_ids"], rows["prompt_len"], strict=True)]
-    embed = net.lm.get_input_embeddings().weight.numel()
+    embedding = net.lm.get_input_embeddings().weight
     per_layer = sum(p.numel() for p in net.decoder.layers[0].parameters())
     report = []
     for e in module.eval_exits:
@@ -64,7 +64,7 @@ def exit_report(trainer, module, datamodule, tokenizer, settings) -> list[dict]:
         row = {
             "exit": e,
             "layers": e,
-            "params_M": (embed + e * per_layer + net.head(e).weight.numel()) / 1e6,
+            "params_M": sum(p.numel() for p in {embedding, net.head(e).weight}) / 1e6 + e * per_layer / 1e6,
             "val_loss": loss,
             "val_ppl": math.exp(loss),
         }

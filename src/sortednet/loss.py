@@ -2,9 +2,12 @@
 
 A SoFT step needs the cross-entropy of ``|B|`` exits. Computing ``[batch, seq, vocab]`` logits per exit
 and stacking them (the usual early-exit recipe) costs ``|B|`` times the largest activation of the model.
-Here the hidden states are first gathered at label positions (labels != -100), and the head + softmax
-run over row chunks whose logits are recomputed in the backward pass, so the extra memory of an exit
-is its ``[n_labels, hidden]`` rows.
+Here the hidden states are gathered at label positions (labels != -100) before the head, every exit
+that shares a head goes through it in one call, and that call runs over row chunks: each chunk's
+logits are made, turned into the loss and into the gradients of the head's input and weight, and
+dropped. Gradients are computed in the forward pass because the loss is linear in them (the backward
+pass only scales them by the incoming scalar), so the head costs exactly its three matmuls — no
+recomputation — and its transient memory is one chunk of logits plus one weight-sized gradient buffer.
 
 Nothing in this file knows about Lightning or Hydra.
 """
@@ -21,99 +24,110 @@ IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 24
 
 
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy of ``x @ weight.T (+ bias)`` against ``targets``, chunked over rows."""
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """``sum_i w_i * CE(x_i @ W.T + b, t_i)`` over row chunks, with its gradients made in the forward pass."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, chunk_rows):
+    def forward(ctx, x, weight, bias, targets, row_weights, chunk_rows):
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         losses = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-        lse = torch.empty_like(losses)
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=x.device) if need_b else None
         for start in range(0, x.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             logits = F.linear(x[rows], weight, bias).float()
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            losses[rows] = lse[rows] - logits.gather(1, targets[rows, None]).squeeze(1)
-        ctx.save_for_backward(x, weight, bias, targets, lse)
-        ctx.chunk_rows = chunk_rows
-        return losses
-
-    @staticmethod
-    def backward(ctx, grad_losses):
-        x, weight, bias, targets, lse = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        for start in range(0, x.shape[0], ctx.chunk_rows):
-            rows = slice(start, start + ctx.chunk_rows)
-            # d loss_i / d logits_i = softmax_i - onehot_i, scaled by the incoming per-row gradient.
-            grad_logits = torch.exp(F.linear(x[rows], weight, bias).float() - lse[rows, None])
+            lse = torch.logsumexp(logits, dim=-1)
+            losses[rows] = lse - logits.gather(1, targets[rows, None]).squeeze(1)
+            if not (need_x or need_w or need_b):
+                continue
+            # d CE_i / d logits_i = softmax_i - onehot_i, scaled by the row's weight; reuses the logits buffer.
+            grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits[torch.arange(grad_logits.shape[0], device=x.device), targets[rows]] -= 1.0
-            grad_logits *= grad_losses[rows, None]
+            grad_logits.mul_(row_weights[rows, None])
             if need_x:
                 grad_x[rows] = (grad_logits.to(weight.dtype) @ weight).to(x.dtype)
             if need_w:
-                grad_w += grad_logits.T @ x[rows].float()
+                grad_w.addmm_(grad_logits.T, x[rows].float())
             if need_b:
                 grad_b += grad_logits.sum(0)
-        return (
+        ctx.mark_non_differentiable(losses)
+        ctx.save_for_backward(
             grad_x,
             grad_w.to(weight.dtype) if need_w else None,
             grad_b.to(bias.dtype) if need_b else None,
-            None,
-            None,
         )
+        return (losses * row_weights).sum(), losses
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_losses_unused):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        scale = lambda g: None if g is None else g * grad_total.to(g.dtype)  # noqa: E731
+        return scale(grad_x), scale(grad_w), scale(grad_b), None, None, None
 
 
 def linear_cross_entropy(
-    x: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS
-) -> torch.Tensor:
-    """Per-row CE of ``head(x)`` vs ``targets`` (``x``: ``[n, hidden]``), without storing ``[n, vocab]`` logits."""
+    x: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    row_weights: torch.Tensor,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_i w_i * CE_i, per-row CE detached)`` for ``head(x)`` vs ``targets``; ``x`` is ``[n, hidden]``.
+
+    Never stores ``[n, vocab]`` logits. Only the weighted sum carries gradients.
+    """
     chunk_rows = max(1, chunk_elements // head.out_features)
-    return _ChunkedLinearCrossEntropy.apply(x, head.weight, head.bias, targets, chunk_rows)
+    weight, bias = head.weight, head.bias
+    if not torch.is_grad_enabled():  # evaluation: skip the gradient work inside the forward pass
+        x, weight, bias = x.detach(), weight.detach(), None if bias is None else bias.detach()
+    return _FusedLinearCrossEntropy.apply(x, weight, bias, targets, row_weights.float(), chunk_rows)
 
 
 def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where position t predicts label t+1, and those labels: (boolean mask over [batch, seq-1], targets)."""
-    shifted = labels[:, 1:]
-    mask = shifted != IGNORE_INDEX
-    return mask, shifted[mask]
+    """Positions whose next token is a label, as a ``[batch, seq]`` mask, and those labels (flattened)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask, labels[:, 1:][mask[:, :-1]]
 
 
-def exit_losses(
-    hidden: Mapping[int, torch.Tensor],
-    heads: Mapping[int, torch.nn.Linear],
-    labels: torch.Tensor,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> dict[int, torch.Tensor]:
-    """Token-mean CE per exit over the response tokens.
-
-    ``hidden`` maps exit -> normed hidden states ``[batch, seq, hidden]`` (as from
-    :meth:`sortednet.model.SortedLM.exit_hidden_states`); ``heads`` maps exit -> its LM head.
-    Exits that share a head go through the head in one call. A batch with no label tokens gives
-    losses of exactly 0 that are still attached to the graph (no NaN, no unused parameters).
-    """
-    mask, targets = label_positions(labels)
-    n_tokens = targets.numel()
-    rows = {e: h[:, :-1][mask] for e, h in hidden.items()}
-    losses: dict[int, torch.Tensor] = {}
-    by_head: dict[int, list[int]] = {}
-    for e in hidden:
-        by_head.setdefault(id(heads[e]), []).append(e)
-    for group in by_head.values():
-        head = heads[group[0]]
-        per_row = linear_cross_entropy(
-            torch.cat([rows[e] for e in group]), head, targets.repeat(len(group)), chunk_elements
-        )
-        for e, exit_rows in zip(group, per_row.view(len(group), n_tokens), strict=True):
-            losses[e] = exit_rows.sum() / max(n_tokens, 1)
-    return losses
-
-
-def combine(losses: Mapping[int, torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Weighted mean of per-exit losses; uniform (the paper's SoFT loss) when ``weights`` is None."""
-    exits = sorted(losses)
-    if weights is None:
-        weights = [1.0] * len(exits)
+def normalised(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Exit weights summing to 1; uniform (the paper's SoFT mean) when ``weights`` is None."""
+    weights = [1.0] * n if weights is None else list(weights)
     total = sum(weights)
-    return sum(w / total * losses[e] for w, e in zip(weights, exits, strict=True))
+    return [w / total for w in weights]
+
+
+def multi_exit_loss(
+    rows: Mapping[int, torch.Tensor],
+    heads: Mapping[int, torch.nn.Linear],
+    targets: torch.Tensor,
+    weights: Sequence[float] | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The weighted mean over exits of each exit's token-mean cross-entropy, and the per-exit values.
+
+    ``rows`` maps exit -> its normed hidden states at the label positions, ``[n_labels, hidden]``;
+    ``heads`` maps exit -> its LM head; ``weights`` follow ``sorted(rows)``. Returns the loss (with
+    gradients) and the detached per-exit losses. A batch with no label tokens gives exactly 0, still
+    attached to the graph (no NaN, no unused parameters).
+    """
+    exits = sorted(rows)
+    n_tokens = targets.numel()
+    weight_of = dict(zip(exits, normalised(weights, len(exits)), strict=True))
+    by_head: dict[int, list[int]] = {}
+    for e in exits:
+        by_head.setdefault(id(heads[e]), []).append(e)
+    total = 0.0
+    per_exit: dict[int, torch.Tensor] = {}
+    for group in by_head.values():
+        row_weights = torch.cat(
+            [torch.full((n_tokens,), weight_of[e] / max(n_tokens, 1), device=targets.device) for e in group]
+        )
+        group_loss, losses = linear_cross_entropy(
+            torch.cat([rows[e] for e in group]), heads[group[0]], targets.repeat(len(group)), row_weights, chunk_elements
+        )
+        total = total + group_loss
+        for e, exit_rows in zip(group, losses.view(len(group), n_tokens), strict=True):
+            per_exit[e] = exit_rows.sum() / max(n_tokens, 1)
+    return total, per_exit

@@ -161,15 +161,21 @@ class SortedLM(nn.Module):
         self.exit_heads = nn.ModuleDict(heads)
 
     def exit_hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, exits: Sequence[int]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        exits: Sequence[int],
+        positions: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
-        """Normed hidden states at each exit, ``[batch, seq, hidden]``, from one pass through the decoder.
+        """Normed hidden states at each exit, from one pass through the decoder.
 
+        ``[batch, seq, hidden]`` each, or ``[n, hidden]`` rows where the boolean ``positions`` mask
+        (``[batch, seq]``) is set — selected before the norm, so nothing is normed twice or in vain.
         Hugging Face's ``hidden_states`` tuple holds the embeddings at index 0 and the output of layer
         ``e`` at index ``e``; the last entry is already normed, the others are not.
         """
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        states = out.hidden_states
+        states = out.hidden_states if positions is None else [h[positions] for h in out.hidden_states]
         return {e: states[e] if e == self.num_layers else self.norm(states[e]) for e in exits}
 
     def exit_logits(

@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.hub import load_causal_lm
-from sortednet.loss import combine, exit_losses
+from sortednet.loss import label_positions, multi_exit_loss
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
 
 log = logging.getLogger(__name__)
@@ -118,17 +118,17 @@ class SortedModule(L.LightningModule):
         checkpoint["sortednet"] = self.metadata()
 
     # ---------------------------------------------------------------- steps
-    def _exit_losses(self, batch: dict, exits) -> dict[int, torch.Tensor]:
+    def _losses(self, batch: dict, exits, weights=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        positions, targets = label_positions(batch["labels"])
         # ICT trains only new heads: no graph through the frozen decoder.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.objective.name != "ict"):
-            hidden = self.net.exit_hidden_states(batch["input_ids"], batch["attention_mask"], exits)
-        return exit_losses(hidden, {e: self.net.head(e) for e in exits}, batch["labels"])
+            rows = self.net.exit_hidden_states(batch["input_ids"], batch["attention_mask"], exits, positions)
+        return multi_exit_loss(rows, {e: self.net.head(e) for e in exits}, targets, weights)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self._exit_losses(batch, self.train_exits)
-        loss = combine(losses, self.objective.exit_weights)
+        loss, losses = self._losses(batch, self.train_exits, self.objective.exit_weights)
         size = batch["input_ids"].shape[0]
-        self.log_dict({f"train/loss_exit_{e}": v.detach() for e, v in losses.items()}, batch_size=size)
+        self.log_dict({f"train/loss_exit_{e}": v for e, v in losses.items()}, batch_size=size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
         return loss
 
@@ -136,7 +136,7 @@ class SortedModule(L.LightningModule):
         n_tokens = int((batch["labels"][:, 1:] != -100).sum())
         if n_tokens == 0:
             return
-        for e, value in self._exit_losses(batch, self.eval_exits).items():
+        for e, value in self._losses(batch, self.eval_exits)[1].items():
             self.val_loss[str(e)].update(value, weight=n_tokens)
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,180 @@
+"""`python -m sortednet.bench train`: the cost of SoFT against SFT and against the full-logits recipe.
+
+Every row runs in a fresh subprocess (so its peak memory is its own), builds a randomly initialised
+LLaMA of the given shape, and times forward + backward of one step (no optimizer) over a fixed batch
+whose first half of every row is prompt (masked) and second half response.
+
+Implementations:
+- ``sft``: the last exit only, head at label positions (``sortednet.loss``);
+- ``soft``: ``sortednet.loss`` over k exits;
+- ``soft-naive``: full ``[batch, seq, vocab]`` logits per exit, then cross-entropy, averaged — the way
+  most early-exit recipes do it, kept here as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+
+import torch
+import torch.nn.functional as F
+
+from sortednet.flops import train_step_flops
+
+SHAPES = {
+    # LLaMA proportions (intermediate ~ 2.7 x width, 32000-token vocabulary), sized for a CPU.
+    "llama-32k": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=8, vocab_size=32000),
+    # The same body with a small vocabulary: body-to-head FLOPs ~ 50, as in Llama-2-7B.
+    "body-heavy": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                       num_key_value_heads=8, vocab_size=2048),
+    # For tests: seconds, not minutes.
+    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=8, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=1000),
+}  # fmt: skip
+IMPLS = ("sft", "soft", "soft-naive")
+
+
+def spread_exits(num_layers: int, k: int) -> list[int]:
+    """``k`` exits spread evenly over the depth, the last always included: 8 layers, k=2 -> [4, 8]."""
+    return sorted({round(num_layers * (i + 1) / k) for i in range(k)})
+
+
+def _step_fn(impl: str, lm, exits: list[int], ids, labels):
+    from sortednet.loss import label_positions, multi_exit_loss
+    from sortednet.model import SortedLM
+
+    net = SortedLM(lm)
+    positions, targets = label_positions(labels)
+
+    def ours():
+        rows = net.exit_hidden_states(ids, None, exits, positions)
+        return multi_exit_loss(rows, {e: net.lm_head for e in exits}, targets)[0]
+
+    def naive():
+        out = lm.model(input_ids=ids, output_hidden_states=True)
+        losses = []
+        for e in exits:
+            hidden = out.hidden_states[e] if e == net.num_layers else net.norm(out.hidden_states[e])
+            logits = lm.lm_head(hidden).float()
+            losses.append(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()))
+        return torch.stack(losses).mean()
+
+    return naive if impl == "soft-naive" else ours
+
+
+def run_row(shape: str, impl: str, k: int, batch: int, seq: int, steps: int, warmup: int, device: str, dtype: str):
+    """Time one configuration in this process; returns its measurements."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=seq)
+    lm = LlamaForCausalLM(config).to(device=device, dtype=getattr(torch, dtype))
+    exits = [config.num_hidden_layers] if impl == "sft" else spread_exits(config.num_hidden_layers, k)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+    labels = ids.clone()
+    labels[:, : seq // 2] = -100
+    step = _step_fn(impl, lm, exits, ids, labels)
+    cuda = device.startswith("cuda")
+    times = []
+    for i in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step().backward()
+        if cuda:
+            torch.cuda.synchronize()
+        lm.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    n_labels = int((labels[:, 1:] != -100).sum())
+    flops = train_step_flops(config, len(exits), batch * seq, n_labels, seq)
+    return {"median_s": statistics.median(times), "peak_bytes": peak, "flops": flops, "exits": exits}
+
+
+def _row_in_subprocess(**settings) -> dict:
+    cmd = [sys.executable, "-m", "sortednet.bench", "_row", json.dumps(settings)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"sortednet.bench: row {settings} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_train(args) -> list[dict]:
+    rows = []
+    for shape in args.shapes:
+        settings = dict(
+            shape=shape, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
+            device=args.device, dtype=args.dtype,
+        )  # fmt: skip
+        sft = _row_in_subprocess(impl="sft", k=1, **settings)
+        rows.append({"shape": shape, "impl": "sft", "k": 1, **sft})
+        for k in args.exits:
+            for impl in ("soft", "soft-naive"):
+                result = _row_in_subprocess(impl=impl, k=k, **settings)
+                rows.append({"shape": shape, "impl": impl, "k": k, **result})
+        for row in rows:
+            if row["shape"] == shape:
+                row["time_ratio"] = row["median_s"] / sft["median_s"]
+                row["ideal_ratio"] = row["flops"] / sft["flops"]
+                row["mem_above_sft_mb"] = (row["peak_bytes"] - sft["peak_bytes"]) / 2**20
+                row["tflops_per_s"] = row["flops"] / row["median_s"] / 1e12
+                tokens = args.batch * args.seq
+                row["tokens_per_s"] = tokens / row["median_s"]
+                if args.peak_tflops:
+                    row["mfu"] = row["tflops_per_s"] / args.peak_tflops
+    return rows
+
+
+def format_table(rows: list[dict], with_mfu: bool) -> str:
+    header = "| shape | impl | exits | step ms | peak MB | above sft MB | time / sft | FLOP-ideal | ÷ ideal | tok/s |"
+    if with_mfu:
+        header += " MFU |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        cells = [
+            r["shape"], r["impl"], str(len(r["exits"])), f"{r['median_s'] * 1e3:.0f}", f"{r['peak_bytes'] / 2**20:.0f}",
+            f"{r['mem_above_sft_mb']:+.0f}", f"{r['time_ratio']:.2f}", f"{r['ideal_ratio']:.2f}",
+            f"{r['time_ratio'] / r['ideal_ratio']:.2f}", f"{r['tokens_per_s']:.0f}",
+        ]  # fmt: skip
+        if with_mfu:
+            cells.append(f"{r['mfu']:.1%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_row"]:
+        print(json.dumps(run_row(**json.loads(argv[1]))))
+        return
+    parser = argparse.ArgumentParser(prog="python -m sortednet.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="SoFT vs SFT vs full-logits SoFT: step time and peak memory")
+    train.add_argument("--shapes", nargs="+", default=["llama-32k", "body-heavy"], choices=sorted(SHAPES))
+    train.add_argument("--exits", nargs="+", type=int, default=[1, 2, 4, 8], help="exit-set sizes")
+    train.add_argument("--batch", type=int, default=4)
+    train.add_argument("--seq", type=int, default=256)
+    train.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    train.add_argument("--warmup", type=int, default=2)
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    train.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    args = parser.parse_args(argv)
+    if any(k < 1 for k in args.exits):
+        parser.error("--exits takes exit-set sizes >= 1")
+    rows = bench_train(args)
+    print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, {args.device}, {args.dtype}, "
+          f"batch {args.batch} x {args.seq} tokens, half of them labels, forward + backward)")  # fmt: skip
+    print(format_table(rows, with_mfu=args.peak_tflops is not None))
+
+
+if __name__ == "__main__":
+    main()

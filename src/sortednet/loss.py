@@ -124,8 +124,9 @@ def multi_exit_loss(
         row_weights = torch.cat(
             [torch.full((n_tokens,), weight_of[e] / max(n_tokens, 1), device=targets.device) for e in group]
         )
+        x = torch.cat([rows[e] for e in group])
         group_loss, losses = linear_cross_entropy(
-            torch.cat([rows[e] for e in group]), heads[group[0]], targets.repeat(len(group)), row_weights, chunk_elements
+            x, heads[group[0]], targets.repeat(len(group)), row_weights, chunk_elements
         )
         total = total + group_loss
         for e, exit_rows in zip(group, losses.view(len(group), n_tokens), strict=True):

@@ -74,6 +74,13 @@ def test_objective_group(objective):
     assert _compose(f"objective={objective}").objective.name == objective
 
 
+@pytest.mark.parametrize("loss", ["mean", "depth", "sampled", "rotational", "gradual"])
+def test_loss_group(loss):
+    cfg = _compose(f"loss={loss}")
+    assert cfg.loss.weights in ("uniform", "depth")
+    assert _compose().loss.curriculum == "none" and _compose().loss.sample is None  # the paper's mean by default
+
+
 @pytest.mark.parametrize(
     "override", ["no_such_key=1", "data.no_such_key=1", "data.max_length=lots", "model=no_such_model"]
 )

@@ -49,7 +49,10 @@ def _ckpt(run_dir: Path, name: str = "last.ckpt") -> dict:
 
 
 def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
-    out = _ok(run_cli(tmp_path, "soft", f"data.path={data_file}", "logger=csv", "trainer.max_epochs=2", *SMALL))
+    throughput = ["throughput.window=2", "throughput.peak_tflops=1"]
+    out = _ok(
+        run_cli(tmp_path, "soft", f"data.path={data_file}", "logger=csv", "trainer.max_epochs=2", *throughput, *SMALL)
+    )
     header = next(line for line in out.splitlines() if "exact_match" in line).split()
     assert header == ["exit", "layers", "params_M", "val_loss", "val_ppl", "exact_match"]
     table = [line.split() for line in out.splitlines() if line.split()[:1] in (["2"], ["4"], ["6"], ["8"])]
@@ -61,6 +64,11 @@ def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
     assert len(steps) == 10  # 5 steps x 2 epochs, each one logged with every exit's loss
     assert all(r[f"train/loss_exit_{e}"] for r in steps for e in (2, 4, 6, 8))
     assert any(r["val/loss_exit_4"] for r in _metrics(run_dir))
+    rates = [r for r in steps if r["train/tokens_per_s"]]
+    assert len(rates) >= 8  # from the second step on (window of 2)
+    for r in rates:
+        assert 0 < float(r["train/response_tokens_per_s"]) < float(r["train/tokens_per_s"])
+        assert float(r["train/mfu"]) == pytest.approx(float(r["train/tflops_per_s"]), rel=1e-6)  # peak = 1 TFLOP/s
     meta = _ckpt(run_dir)["sortednet"]
     assert meta["exits"] == [2, 4, 6, 8] and meta["objective"] == "soft" and meta["num_layers"] == 8
     assert any(p.name.startswith("step") for p in (run_dir / "checkpoints").iterdir())  # best by val/loss

@@ -48,12 +48,34 @@ class ObjectiveConfig:
     name: str = "soft"
     """soft (all exits at once) | sft (last exit) | ict (per-exit heads on a frozen SFT model) |
     extracted (the first n layers alone)."""
-    exit_weights: list[float] | None = None
-    """Per-exit loss weights for soft (normalised to sum 1); null is the paper's uniform mean."""
     init_from: str | None = None
     """ict: the SFT run's Lightning checkpoint (``.ckpt``) to start from."""
     layers: int | None = None
     """extracted: how many layers to keep; null takes the middle exit of the exit set."""
+
+
+@dataclass
+class LossConfig:
+    """How a step combines its exits (see :mod:`sortednet.schedule`); the defaults are the paper's."""
+
+    weights: Any = "uniform"
+    """uniform (the paper's mean) | depth (proportional to the layer count) | a list, one per exit."""
+    sample: int | None = None
+    """Exits per step, the deepest always included (SortedNet's sampling); null uses them all."""
+    curriculum: str = "none"
+    """none | rotational (a different window of exits each step) | gradual (shallower exits switched on
+    one by one over the first ``ramp_fraction`` of training)."""
+    ramp_fraction: float = 0.5
+    seed: int = 0
+    """Seed of the per-step exit sampling (the same on every rank)."""
+
+
+@dataclass
+class ThroughputConfig:
+    window: int = 20
+    """Steps per sliding window of the logged tokens/s, TFLOP/s and MFU."""
+    peak_tflops: float | None = None
+    """The device's peak TFLOP/s for MFU; null uses Lightning's table (CUDA GPUs), none on CPU."""
 
 
 @dataclass
@@ -68,6 +90,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     exits: Any = "every_2"
     """Exit set: a list of layer counts such as [4, 8], or all | last | every_K | paper."""
     optimizer: Any = None
@@ -81,6 +104,7 @@ class TrainConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     """``kind`` (wandb | csv | none) + that logger's settings."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
     seed: int = 42
     ckpt_path: str | None = None
     """Resume from this Lightning checkpoint (model, optimizer, scheduler and step)."""

@@ -29,8 +29,12 @@ def head_flops(config, n_label_tokens: int) -> float:
     return 6 * config.hidden_size * config.vocab_size * n_label_tokens
 
 
-def train_step_flops(config, n_exits: int, n_tokens: int, n_label_tokens: int, seq_len: int) -> float:
-    """A SoFT step (``n_exits`` = 1 is SFT): the whole body once, one head pass per exit at label positions."""
-    return body_flops(config, config.num_hidden_layers, n_tokens, seq_len) + n_exits * head_flops(
-        config, n_label_tokens
-    )
+def train_step_flops(
+    config, n_exits: int, n_tokens: int, n_label_tokens: int, seq_len: int, frozen_body: bool = False
+) -> float:
+    """A SoFT step (``n_exits`` = 1 is SFT): the body once, one head pass per exit at label positions.
+
+    ``frozen_body`` (ICT) runs the body forward only.
+    """
+    body = body_flops(config, config.num_hidden_layers, n_tokens, seq_len)
+    return (body / 3 if frozen_body else body) + n_exits * head_flops(config, n_label_tokens)

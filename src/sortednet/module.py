@@ -12,11 +12,13 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from sortednet.config import ModelConfig, ObjectiveConfig
+from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
+from sortednet.flops import train_step_flops
 from sortednet.hub import load_causal_lm
 from sortednet.loss import label_positions, multi_exit_loss
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
+from sortednet.schedule import ExitSchedule
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("soft", "sft", "ict", "extracted")
@@ -46,6 +48,7 @@ class SortedModule(L.LightningModule):
         self,
         model: ModelConfig,
         objective: ObjectiveConfig,
+        loss: LossConfig | None = None,
         exits="every_2",
         optimizer: Callable | None = None,
         warmup_steps: int = 0,
@@ -60,11 +63,16 @@ class SortedModule(L.LightningModule):
                 "objective=ict starts from an SFT checkpoint: pass objective.init_from=PATH.ckpt "
                 "(the last.ckpt of a run with objective=sft)"
             )
-        self.model_config, self.objective = model, objective
+        self.model_config, self.objective, self.loss_config = model, objective, loss or LossConfig()
         self.exit_spec, self.optimizer_factory = exits, optimizer
         self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
         self.save_hyperparameters(
-            {"model": dataclasses.asdict(model), "objective": dataclasses.asdict(objective), "exits": exits}
+            {
+                "model": dataclasses.asdict(model),
+                "objective": dataclasses.asdict(objective),
+                "loss": dataclasses.asdict(self.loss_config),
+                "exits": exits,
+            }
         )
         self.net: SortedLM | None = None
 
@@ -94,12 +102,7 @@ class SortedModule(L.LightningModule):
         self.train_exits = {"soft": exits, "sft": exits[-1:], "ict": exits[:-1], "extracted": exits}[name]
         if not self.train_exits:
             raise SortedNetError("objective=ict needs at least one exit below the last layer in the exit set")
-        weights = self.objective.exit_weights
-        if weights is not None and (name != "soft" or len(weights) != len(exits)):
-            raise SortedNetError(
-                f"objective.exit_weights has {len(weights)} values for exits {exits}; give one weight per exit "
-                f"(soft only)"
-            )
+        self.schedule = ExitSchedule(self.train_exits, self.loss_config)
         self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
 
     def metadata(self) -> dict:
@@ -125,8 +128,30 @@ class SortedModule(L.LightningModule):
             rows = self.net.exit_hidden_states(batch["input_ids"], batch["attention_mask"], exits, positions)
         return multi_exit_loss(rows, {e: self.net.head(e) for e in exits}, targets, weights)
 
+    def on_fit_start(self) -> None:
+        total = int(self.trainer.estimated_stepping_batches)
+        self.schedule = ExitSchedule(self.train_exits, self.loss_config, total_steps=total)
+
+    def training_loss(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The loss of optimizer step ``step`` (its exits and weights from the schedule), and per-exit values."""
+        exits = self.schedule.active(step)
+        loss, losses = self._losses(batch, exits, self.schedule.weights(exits))
+        # Own heads (ICT) of exits left out of this step still join the graph, with weight 0, so that
+        # DDP/FSDP never see an unused parameter.
+        for e in self.train_exits:
+            if e not in exits and self.net.head(e) is not self.net.lm_head:
+                loss = loss + 0.0 * self.net.head(e).weight.sum()
+        return loss, losses
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, losses = self._losses(batch, self.train_exits, self.objective.exit_weights)
+        loss, losses = self.training_loss(batch, self.global_step)
+        ids = batch["input_ids"]
+        n_labels = int((batch["labels"][:, 1:] != -100).sum())
+        frozen = self.objective.name == "ict"
+        # read by the throughput callback for TFLOP/s and MFU
+        self.flops_per_batch = train_step_flops(
+            self.net.lm.config, len(losses), ids.numel(), n_labels, ids.shape[1], frozen
+        )
         size = batch["input_ids"].shape[0]
         self.log_dict({f"train/loss_exit_{e}": v for e, v in losses.items()}, batch_size=size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)

@@ -27,6 +27,7 @@ def build_module(cfg: TrainConfig):
     return SortedModule(
         cfg.model,
         cfg.objective,
+        cfg.loss,
         exits=cfg.exits,
         optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
         warmup_steps=cfg.warmup_steps,
@@ -49,6 +50,7 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     from sortednet import loggers
+    from sortednet.callbacks import TokenThroughput
     from sortednet.data.datamodule import AlpacaDataModule
     from sortednet.eval.exits import exit_report, format_report
     from sortednet.hub import load_tokenizer
@@ -78,7 +80,7 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
     )
     callbacks = [checkpoints, RichProgressBar()]
     if logger:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks += [LearningRateMonitor(logging_interval="step"), TokenThroughput(**vars(cfg.throughput))]
     try:
         try:
             trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
@@ -93,7 +95,8 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
             table = format_report(report, title=f"objective={cfg.objective.name}, exits={module.eval_exits}")
             (run_dir / "exit_report.txt").write_text(table + "\n")
             print(table)
-            print(f"checkpoint:  {checkpoints.best_model_path}  (last: {checkpoints.last_model_path})")
+            best = checkpoints.best_model_path or "none (no validation ran)"
+            print(f"checkpoint:  {best}  (last: {checkpoints.last_model_path})")
             print(f"run dir:     {run_dir}")
             print(f"logs:        {loggers.describe(logger)}")
     finally:

@@ -1,0 +1,66 @@
+"""The FLOP model behind the benchmark's ideal ratios and MFU, and the benchmark command itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoConfig
+
+from sortednet.bench import SHAPES, spread_exits
+from sortednet.flops import body_flops, head_flops, train_step_flops
+from sortednet.hub import causal_lm_from_config
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(model_type="llama", **SHAPES["llama-32k"]),
+        dict(
+            model_type="mistral",
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=3,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            vocab_size=50,
+        ),
+    ],  # fmt: skip
+)
+def test_linear_flops_are_six_per_weight_per_token(config):
+    """Without attention scores (seq_len 0), forward + backward = 6 FLOPs per linear weight per token."""
+    model = causal_lm_from_config(config)
+    cfg = AutoConfig.for_model(**config)
+    linear_weights = sum(p.numel() for n, p in model.model.layers.named_parameters() if p.dim() == 2)
+    assert body_flops(cfg, cfg.num_hidden_layers, n_tokens=10, seq_len=0) == 6 * linear_weights * 10
+    assert head_flops(cfg, n_label_tokens=10) == 6 * model.lm_head.weight.numel() * 10
+
+
+def test_soft_step_adds_one_head_per_exit():
+    cfg = AutoConfig.for_model("llama", **SHAPES["llama-32k"])
+    sft = train_step_flops(cfg, 1, n_tokens=1024, n_label_tokens=512, seq_len=256)
+    soft = train_step_flops(cfg, 8, n_tokens=1024, n_label_tokens=512, seq_len=256)
+    assert soft - sft == 7 * head_flops(cfg, 512)
+    assert train_step_flops(cfg, 1, 1024, 512, 256, frozen_body=True) < sft
+
+
+def test_spread_exits():
+    assert spread_exits(8, 1) == [8] and spread_exits(8, 2) == [4, 8]
+    assert spread_exits(8, 4) == [2, 4, 6, 8] and spread_exits(8, 8) == list(range(1, 9))
+    assert spread_exits(40, 8) == [5, 10, 15, 20, 25, 30, 35, 40]
+
+
+def test_bench_train_prints_a_table():
+    out = subprocess.run(
+        [sys.executable, "-m", "sortednet.bench", "train", "--shapes", "tiny", "--exits", "1", "4",
+         "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1", "--peak-tflops", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        ("sft", "1"), ("soft", "1"), ("soft-naive", "1"), ("soft", "4"), ("soft-naive", "4"),
+    ]  # fmt: skip
+    ideal = {(r[1].strip(), r[2].strip()): float(r[7]) for r in rows}
+    assert ideal[("sft", "1")] == ideal[("soft", "1")] == 1.0 and ideal[("soft", "4")] > 1.0
+    assert "MFU" in out and "peak MB" in out

@@ -7,7 +7,8 @@ that shares a head goes through it in one call, and that call runs over row chun
 logits are made, turned into the loss and into the gradients of the head's input and weight, and
 dropped. Gradients are computed in the forward pass because the loss is linear in them (the backward
 pass only scales them by the incoming scalar), so the head costs exactly its three matmuls — no
-recomputation — and its transient memory is one chunk of logits plus one weight-sized gradient buffer.
+recomputation — and its transient memory is one chunk of logits (never more rows than one exit has, so
+no more than SFT's) plus one weight-sized gradient buffer.
 
 Nothing in this file knows about Lightning or Hydra.
 """
@@ -40,6 +41,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             losses[rows] = lse - logits.gather(1, targets[rows, None]).squeeze(1)
             if not (need_x or need_w or need_b):
+                del logits
                 continue
             # d CE_i / d logits_i = softmax_i - onehot_i, scaled by the row's weight; reuses the logits buffer.
             grad_logits = logits.sub_(lse[:, None]).exp_()
@@ -51,6 +53,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 grad_w.addmm_(grad_logits.T, x[rows].float())
             if need_b:
                 grad_b += grad_logits.sum(0)
+            # Free this chunk's logits before the next chunk allocates its own (rebinding alone would not).
+            del logits, grad_logits
         ctx.mark_non_differentiable(losses)
         ctx.save_for_backward(
             grad_x,
@@ -72,12 +76,14 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     row_weights: torch.Tensor,
     chunk_elements: int = CHUNK_ELEMENTS,
+    max_chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum_i w_i * CE_i, per-row CE detached)`` for ``head(x)`` vs ``targets``; ``x`` is ``[n, hidden]``.
 
-    Never stores ``[n, vocab]`` logits. Only the weighted sum carries gradients.
+    Never stores ``[n, vocab]`` logits: chunks hold at most ``chunk_elements`` logits and
+    ``max_chunk_rows`` rows. Only the weighted sum carries gradients.
     """
-    chunk_rows = max(1, chunk_elements // head.out_features)
+    chunk_rows = max(1, min(chunk_elements // head.out_features, max_chunk_rows or x.shape[0]))
     weight, bias = head.weight, head.bias
     if not torch.is_grad_enabled():  # evaluation: skip the gradient work inside the forward pass
         x, weight, bias = x.detach(), weight.detach(), None if bias is None else bias.detach()
@@ -125,8 +131,9 @@ def multi_exit_loss(
             [torch.full((n_tokens,), weight_of[e] / max(n_tokens, 1), device=targets.device) for e in group]
         )
         x = torch.cat([rows[e] for e in group])
+        # Chunks of at most one exit's rows: the transient logits of |B| exits are those of one (SFT's).
         group_loss, losses = linear_cross_entropy(
-            x, heads[group[0]], targets.repeat(len(group)), row_weights, chunk_elements
+            x, heads[group[0]], targets.repeat(len(group)), row_weights, chunk_elements, max(n_tokens, 1)
         )
         total = total + group_loss
         for e, exit_rows in zip(group, losses.view(len(group), n_tokens), strict=True):

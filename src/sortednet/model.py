@@ -175,8 +175,9 @@ class SortedLM(nn.Module):
         ``e`` at index ``e``; the last entry is already normed, the others are not.
         """
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        states = out.hidden_states if positions is None else [h[positions] for h in out.hidden_states]
-        return {e: states[e] if e == self.num_layers else self.norm(states[e]) for e in exits}
+        states = out.hidden_states
+        pick = (lambda h: h) if positions is None else (lambda h: h[positions])  # noqa: E731
+        return {e: pick(states[e]) if e == self.num_layers else self.norm(pick(states[e])) for e in exits}
 
     def exit_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, exits: Sequence[int]

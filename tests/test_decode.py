@@ -80,8 +80,9 @@ def test_dynamic_early_exits_see_exact_keys_and_values(net):
     exits, thresholds = [2, 4, 6], [0.5, 0.5]
     tokens, stats = generate(net, PROMPT, mode="dynamic", exits=exits, thresholds=thresholds, max_new_tokens=30)
     taken = stats["exit_per_token"]
-    assert len(taken) == len(tokens) - 1 and len(set(taken)) > 1  # early exits happened, and deep tokens too
-    for i, exit_taken in enumerate(taken, start=1):  # token 0 comes from the prefill, through every layer
+    assert len(taken) == len(tokens) and taken[0] == 6  # token 0 comes from the prompt's pass, every layer
+    assert len(set(taken)) > 1  # early exits happened, and deep tokens too
+    for i, exit_taken in enumerate(taken[1:], start=1):
         with torch.no_grad():
             logits = net.exit_logits(torch.tensor([PROMPT + tokens[:i]]), None, exits)
         for e, threshold in zip(exits, [*thresholds, None], strict=True):
@@ -100,6 +101,7 @@ def test_dynamic_early_exits_see_exact_keys_and_values(net):
         (dict(mode="dynamic", exits=[2, 4, 6], thresholds=[0.5, 1.5]), "give 2 values in (0, 1]"),
         (dict(mode="dynamic", exits=[2, 4], thresholds=[0.5]), "ending at 6"),
         (dict(mode="beam"), "unknown mode"),
+        (dict(mode="speculative", exit=4, draft_exit=2), "always ends at the last layer"),
     ],
 )
 def test_bad_decoding_settings(net, kwargs, message):

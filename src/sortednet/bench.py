@@ -150,6 +150,101 @@ def format_table(rows: list[dict], with_mfu: bool) -> str:
     return "\n".join(lines)
 
 
+def _task_prompts(tokenizer, style, n: int, seed: int) -> tuple[list[list[int]], list[str]]:
+    """``n`` fresh rows of the embedded task families (a seed the training data did not use), tokenized."""
+    from sortednet.data.embedded import make_rows
+
+    rows = make_rows(n, seed=seed)
+    prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in rows]
+    return prompts, [r["output"] for r in rows]
+
+
+def bench_generate(args) -> tuple[list[dict], list[float]]:
+    """Every decoding mode on the same prompts: speed against full-model greedy, and quality."""
+    from sortednet.flops import layer_matmul_params
+    from sortednet.inference.calibrate import calibrate, decode_all
+    from sortednet.inference.load import load_sorted, prompt_style_of
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net, tokenizer, meta = load_sorted(args.ckpt)
+    style, L = prompt_style_of(meta), net.num_layers
+    eos = None if args.ignore_eos else tokenizer.eos_token_id
+    exits = meta["exits"]
+    prompts, refs = _task_prompts(tokenizer, style, args.prompts, seed=1)
+    cal_prompts, cal_refs = _task_prompts(tokenizer, style, args.prompts, seed=2)
+    thresholds = (
+        args.thresholds
+        or calibrate(net, tokenizer, cal_prompts, cal_refs, exits, args.max_drop, args.max_new_tokens)[0]
+    )
+    cfg = net.lm.config
+    per_layer, head = 2 * layer_matmul_params(cfg), 2 * cfg.hidden_size * cfg.vocab_size
+
+    def measure(name: str, run) -> dict:
+        run(prompts[:2])  # warm-up
+        start = time.perf_counter()
+        outputs, stats = run(prompts)
+        seconds = time.perf_counter() - start
+        texts = tokenizer.batch_decode(outputs, skip_special_tokens=True)
+        return {"mode": name, "outputs": outputs, "seconds": seconds, "tokens": sum(map(len, outputs)),
+                "exact_match": sum(t.strip() == r.strip() for t, r in zip(texts, refs, strict=True)) / len(refs),
+                "stats": stats}  # fmt: skip
+
+    def ours(**mode):
+        return lambda ps: decode_all(net, ps, args.max_new_tokens, eos, **mode)
+
+    def hf_early_exit(draft_exit):
+        def run(ps):
+            outs = []
+            for p in ps:
+                ids = torch.tensor([p])
+                out = net.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      assistant_early_exit=draft_exit, max_new_tokens=args.max_new_tokens,
+                                      eos_token_id=eos, pad_token_id=eos)  # fmt: skip
+                outs.append(out[0, len(p) :].tolist())
+            return outs, []
+
+        return run
+
+    rows = [measure(f"full (exit {L})", ours(mode="exit", exit=L))]
+    for k in exits[:-1]:
+        row = measure(f"exit {k}", ours(mode="exit", exit=k))
+        row["ideal"] = (L * per_layer + head) / (k * per_layer + head)
+        rows.append(row)
+    for e in args.draft_exits or exits[:-1]:
+        rows.append(measure(f"speculative draft {e}", ours(mode="speculative", draft_exit=e)))
+        rows.append(measure(f"HF assistant_early_exit={e}", hf_early_exit(e)))
+    rows.append(measure(f"dynamic {thresholds}", ours(mode="dynamic", exits=exits, thresholds=thresholds)))
+    full = rows[0]
+    for row in rows:
+        row["tokens_per_s"] = row["tokens"] / row["seconds"]
+        row["speedup"] = row["tokens_per_s"] / full["tokens_per_s"]
+        row["agreement"] = sum(o == f for o, f in zip(row["outputs"], full["outputs"], strict=True)) / len(prompts)
+        stats = row["stats"]
+        if stats and "acceptance" in stats[0]:
+            row["detail"] = (
+                f"acceptance {sum(s['accepted'] for s in stats) / max(sum(s['drafted'] for s in stats), 1):.2f}"
+            )
+        elif stats and "mean_exit" in stats[0]:
+            tokens = sum(s["tokens"] for s in stats)
+            row["detail"] = f"mean exit {sum(s['mean_exit'] * s['tokens'] for s in stats) / max(tokens, 1):.2f}"
+    return rows, thresholds
+
+
+def format_generate_table(rows: list[dict]) -> str:
+    lines = [
+        "| mode | tokens/s | speedup | ideal | ÷ ideal | acceptance / depth | exact match | = full output |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ideal = f"{r['ideal']:.2f}x | {r['speedup'] / r['ideal']:.2f}" if "ideal" in r else " | "
+        lines.append(
+            f"| {r['mode']} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | {ideal} | {r.get('detail', '')} | "
+            f"{r['exact_match']:.2f} | {r['agreement']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_row"]:
@@ -167,7 +262,24 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     train.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    gen = sub.add_parser("generate", help="every decoding mode against full-model greedy: speed and quality")
+    gen.add_argument("--ckpt", required=True, help="a sortednet checkpoint trained on the embedded tasks")
+    gen.add_argument("--prompts", type=int, default=60, help="prompts (fresh embedded-task rows)")
+    gen.add_argument("--max-new-tokens", type=int, default=24)
+    gen.add_argument("--draft-exits", nargs="+", type=int, default=None, help="default: every exit below L")
+    gen.add_argument("--thresholds", nargs="+", type=float, default=None, help="default: calibrated")
+    gen.add_argument("--max-drop", type=float, default=0.01, help="calibration's exact-match budget")
+    gen.add_argument("--threads", type=int, default=None)
+    gen.add_argument(
+        "--ignore-eos", action="store_true", help="always generate --max-new-tokens (steady-state decoding)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        rows, thresholds = bench_generate(args)
+        print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, cpu, {torch.get_num_threads()} "
+              f"threads, {args.prompts} prompts, greedy, <= {args.max_new_tokens} new tokens)")  # fmt: skip
+        print(format_generate_table(rows))
+        return
     if any(k < 1 for k in args.exits):
         parser.error("--exits takes exit-set sizes >= 1")
     rows = bench_train(args)

@@ -149,10 +149,10 @@ def _speculative_decode(
     token = sampler.pick(stack.logits(hidden[0, -1], full))
     if out.emit(token):
         return {"drafted": 0, "accepted": 0}
-    k, drafted, accepted = 2, 0, 0
+    k, drafted, accepted = 4, 0, 0
     # Seconds per committed token, plain vs speculative (moving averages); drafting pauses while it loses.
-    cost = {"plain": None, "spec": None}
-    pause, probe_every = 2, 16  # start with two plain tokens: what plain decoding costs here
+    cost = {"plain": None, "spec": None, "layer": None}
+    pause, probe_every = 0, 16
     while not out.done:
         position = stack.length(0)
         start = time.perf_counter()
@@ -167,6 +167,7 @@ def _speculative_decode(
         depth_e, drafts, draft_probs = [], [], []
         pending = token
         for _ in range(min(k, out.max_new_tokens - len(out.tokens))):
+            step_start = time.perf_counter()
             h = stack.run(stack.embed([pending]), 0, E)
             depth_e.append(h)
             logits = stack.logits(h[0, -1], E)
@@ -177,6 +178,10 @@ def _speculative_decode(
             else:
                 pending = int(logits.argmax())
             drafts.append(pending)
+            if cost["plain"] is None:  # until plain decoding is timed, estimate it from the draft's layers
+                _update(cost, "layer", time.perf_counter() - step_start, E)
+            if pending == out.eos:  # nothing to draft past the end
+                break
         # Verify every drafted position with layers >= E in one chunk.
         verified = stack.logits(stack.run(torch.cat(depth_e, dim=1), E, full)[0], full)
         n_ok, correction = 0, None
@@ -207,7 +212,8 @@ def _speculative_decode(
         token = committed[-1]
         _update(cost, "spec", time.perf_counter() - start, len(committed))
         k = min(max_draft, k + 1) if n_ok == len(drafts) else max(1, n_ok)
-        if cost["plain"] is not None and cost["spec"] > cost["plain"]:
+        plain = cost["plain"] if cost["plain"] is not None else cost["layer"] * full
+        if cost["spec"] > plain:
             pause = probe_every
     return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / max(drafted, 1)}
 
@@ -224,7 +230,7 @@ def _dynamic_decode(
     hidden_at: dict[int, torch.Tensor] = {}  # position -> hidden state at the depth it reached (< full)
     hidden = stack.run(stack.embed(prompt), 0, full)
     token = sampler.pick(stack.logits(hidden[0, -1], full))
-    depths = []
+    depths = [full]  # the first token comes from the prompt's pass through every layer
     while not out.emit(token):
         position = stack.length(0)
         h, layer = stack.embed([token]), 0
@@ -285,6 +291,8 @@ def generate(
             if not 1 <= exit_ <= L:
                 raise SortedNetError(f"exit={exit_} is outside [1, {L}]")
             stats = _exit_decode(stack, list(input_ids), exit_, sampler, out)
+        elif mode in ("speculative", "dynamic") and exit not in (None, L):
+            raise SortedNetError(f"mode={mode} always ends at the last layer {L}; leave exit unset")
         elif mode == "speculative":
             if draft_exit is None or not 1 <= draft_exit < L:
                 raise SortedNetError(f"draft_exit={draft_exit} must be in [1, {L - 1}] (below the last layer {L})")

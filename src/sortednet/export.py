@@ -1,0 +1,173 @@
+"""`python -m sortednet.export ckpt=PATH exit=K out=DIR [dtype=float32|bfloat16]`: sub-model K as a plain
+Hugging Face model.
+
+Writes DIR with the first K decoder layers, the final norm and the head exit K uses (its own ICT head if
+it has one, untied from the embeddings), ``num_hidden_layers=K``, in safetensors only; the tokenizer; the
+prompt template as ``prompt_style.json``; and a ``sortednet`` entry in ``config.json`` (source checkpoint,
+exit, the source's layer count and exits, prompt style). ``AutoModelForCausalLM.from_pretrained(DIR)``
+loads it with no sortednet code, and its logits are exit K's. DIR is built in a temporary sibling and
+renamed into place; an existing non-empty DIR is never overwritten.
+
+ckpt  a .ckpt written by sortednet.train (or a directory written by this command)
+exit  the layer count K of the sub-model, in [1, L]
+out   the directory to create (absent or empty)
+dtype float32 (default) | bfloat16 | float16
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sortednet import cli
+from sortednet.errors import SortedNetError
+from sortednet.hub import DTYPES
+from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
+from sortednet.model import SortedLM, _set_layer_count
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = ""
+    exit: int | None = None
+    out: str = ""
+    dtype: str = "float32"
+    cache_dir: str | None = None
+
+
+def _module_name(root: nn.Module, target: nn.Module) -> str:
+    return next(name for name, module in root.named_modules(remove_duplicate=False) if module is target)
+
+
+def submodel(net: SortedLM, exit_: int, dtype: torch.dtype | None = None) -> nn.Module:
+    """A standalone causal LM equal to exit ``exit_`` of ``net``: its first layers, the norm and its head."""
+    from transformers import AutoModelForCausalLM
+
+    if not 1 <= exit_ <= net.num_layers:
+        raise SortedNetError(f"exit {exit_} is outside [1, {net.num_layers}]")
+    head = net.head(exit_)
+    own_head = head is not net.lm_head
+    config = copy.deepcopy(net.lm.config)
+    _set_layer_count(config, exit_)
+    if own_head:
+        config.tie_word_embeddings = False  # an ICT head is its own matrix, not the embeddings
+    layers_name = _module_name(net.lm, net.decoder.layers)
+    head_name = _module_name(net.lm, net.lm_head)
+    dropped = tuple(f"{layers_name}.{i}." for i in range(exit_, net.num_layers))
+    state = {k: v for k, v in net.lm.state_dict().items() if not k.startswith(dropped)}
+    if own_head:
+        state[f"{head_name}.weight"] = head.weight
+        if head.bias is not None:
+            state[f"{head_name}.bias"] = head.bias
+    source_dtype = net.lm_head.weight.dtype
+    with torch.device("cpu"):
+        sub = AutoModelForCausalLM.from_config(config, dtype=source_dtype)
+    sub.load_state_dict(state, strict=True)
+    if dtype is not None:
+        sub.to(dtype)
+    return sub.eval()
+
+
+def export(cfg: ExportConfig) -> Path:
+    """Write sub-model ``cfg.exit`` of ``cfg.ckpt`` to ``cfg.out``; returns the directory."""
+    if not cfg.ckpt:
+        raise SortedNetError("no checkpoint given; pass ckpt=PATH.ckpt (written by sortednet.train)")
+    if not cfg.out:
+        raise SortedNetError("no output directory given; pass out=DIR (a new or empty directory)")
+    if cfg.dtype not in DTYPES:
+        raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
+    out = Path(cfg.out).expanduser().absolute()
+    _check_out_free(out)
+    net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
+    num_layers = net.num_layers
+    if cfg.exit is None:
+        raise SortedNetError(f"no exit given; pass exit=K with K in [1, {num_layers}] (trained exits: {meta['exits']})")
+    if not 1 <= cfg.exit <= num_layers:
+        raise SortedNetError(
+            f"exit={cfg.exit} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
+            f"trained exits: {meta['exits']})"
+        )
+    if cfg.exit not in meta["exits"]:
+        print(
+            f"sortednet: warning: exit {cfg.exit} is not one of the trained exits {meta['exits']}; exporting it anyway",
+            file=sys.stderr,
+        )
+    style = prompt_style_of(meta)
+    sub = submodel(net, cfg.exit, DTYPES[cfg.dtype])
+    origin = meta.get("exported_from") or {}  # exporting from an exported directory keeps the first source
+    sub.config.sortednet = {
+        "source": origin.get("source") or str(Path(meta["source"]).absolute()),
+        "exit": cfg.exit,
+        "num_layers": origin.get("num_layers", num_layers),
+        "exits": origin.get("exits", meta["exits"]),
+        "exit_heads": origin.get("exit_heads", meta.get("exit_heads") or []),
+        "objective": meta.get("objective"),
+        "prompt_style": meta["prompt_style"],
+    }
+
+    def write(tmp: Path) -> None:
+        sub.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        template = {"name": meta["prompt_style"], **dataclasses.asdict(style)}
+        (tmp / PROMPT_STYLE_FILE).write_text(json.dumps(template, indent=2) + "\n")
+        pickled = sorted(p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        if pickled:
+            raise RuntimeError(f"save_pretrained wrote pickled weights {pickled}; expected safetensors only")
+        if not any(p.suffix == ".safetensors" for p in tmp.iterdir()):
+            raise RuntimeError("save_pretrained wrote no .safetensors file")
+
+    _write_new_dir(out, write)
+    params = sum(p.numel() for p in sub.parameters())
+    print(
+        f"exit {cfg.exit} of {meta['source']} ({cfg.exit} of {num_layers} layers, {params / 1e6:.2f}M parameters, "
+        f"{cfg.dtype}) -> {out}"
+    )
+    return out
+
+
+def _check_out_free(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a non-empty directory" if out.is_dir() else "a file"
+        raise SortedNetError(f"out={str(out)!r} is {what}; nothing was written: pick a new out= or remove it first")
+
+
+def _write_new_dir(out: Path, write) -> None:
+    """Build ``out`` in a temporary sibling, then rename it into place (never over a non-empty ``out``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become out's mode
+        write(tmp)
+        for file in tmp.rglob("*"):
+            file.chmod((0o777 if file.is_dir() else 0o666) & ~umask)
+        _check_out_free(out)
+        try:
+            os.rename(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
+        except OSError as error:
+            raise SortedNetError(f"out={str(out)!r} appeared while exporting; nothing was written there") from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run(cfg: ExportConfig) -> None:
+        cli.quiet_transformers()
+        export(cfg)
+
+    return cli.run(run, ExportConfig, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

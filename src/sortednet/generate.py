@@ -1,0 +1,544 @@
+"""`python -m sortednet.generate ckpt=PATH exit=K prompt="..." [key=value ...]`: text from sub-model K.
+
+stdout carries only the generated text: streamed token by token with batch_size=1, each answer followed
+by a newline, and answers to a prompts file separated by one blank line — so two runs can be diffed.
+Timings (tokens/s per prompt), the latency profile and decoding statistics go to stderr.
+
+ckpt                  a .ckpt written by sortednet.train, or a directory written by sortednet.export
+exit                  the exit K (a layer count in [1, L]; default L), or auto (with latency_ms_per_token)
+prompt / input        one instruction (and its optional Alpaca input)
+prompts               a file of instructions: .txt (one per line, blank lines skipped) or Alpaca-format
+                      .json / .jsonl (instruction, optional input)
+max_new_tokens        128
+do_sample             false: greedy; true: sampling with temperature and top_p (no top-k), seeded by seed
+batch_size            1 streams; more generate left-padded batches (mode=exit only)
+mode                  exit | speculative (draft_exit=E drafts, the full model verifies) | dynamic
+                      (thresholds=[...], one per exit of the checkpoint's exit set below L)
+latency_ms_per_token  with exit=auto: the deepest exit whose measured ms/token fits (profile cached in
+                      <ckpt>.latency.json, per device and thread count)
+device                auto (cuda when available) | cpu | cuda | cuda:N
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from transformers.generation import BaseStreamer
+
+from sortednet import cli
+from sortednet.errors import SortedNetError
+
+MODES = ("exit", "speculative", "dynamic")
+PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 3
+PROFILE_INSTRUCTION = "Write one sentence about the weather."
+
+
+@dataclass
+class GenerateConfig:
+    ckpt: str = ""
+    exit: int | str | None = None
+    prompt: str | None = None
+    input: str = ""
+    prompts: str | None = None
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 1
+    mode: str = "exit"
+    draft_exit: int | None = None
+    thresholds: list[float] | None = None
+    latency_ms_per_token: float | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+
+
+class TextStream(BaseStreamer):
+    """Writes the text of generated tokens to ``out`` as they arrive.
+
+    The whole id list is decoded each time and only the new suffix is written, so byte-level pieces of
+    one character and BPE merges print correctly; a trailing incomplete character (U+FFFD) waits for
+    the next token. Also usable as a Hugging Face ``generate`` streamer (the first ``put`` is the prompt).
+    """
+
+    def __init__(self, tokenizer, out=None, skip_prompt: bool = True):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids: list[int] = []
+        self.printed = ""
+        self._prompt_pending = skip_prompt
+
+    def put(self, value) -> None:
+        if self._prompt_pending:
+            self._prompt_pending = False
+            return
+        self.push(*torch.as_tensor(value).reshape(-1).tolist())
+
+    def push(self, *ids: int) -> None:
+        self.ids.extend(int(i) for i in ids)
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def finish(self, ids: list[int] | None = None) -> str:
+        """Write what is left of the text of ``ids`` (default: the tokens pushed); the whole text."""
+        if ids is not None and list(ids) != self.ids:
+            self.ids = [int(i) for i in ids]
+        self._emit(final=True)
+        return self.printed
+
+    def _emit(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final:
+            text = text.rstrip("\ufffd")
+        if text.startswith(self.printed):
+            new, self.printed = text[len(self.printed) :], text
+            out = self.out or sys.stdout
+            out.write(new)
+            out.flush()
+        elif final:
+            print("sortednet: warning: the streamed text differs from the final decoding", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- input
+
+
+def check_settings(cfg: GenerateConfig) -> None:
+    """Everything that can be checked before the model is loaded."""
+    if not cfg.ckpt:
+        raise SortedNetError("no checkpoint given; pass ckpt=PATH.ckpt (written by sortednet.train) or ckpt=EXPORT_DIR")
+    if cfg.mode not in MODES:
+        raise SortedNetError(f"unknown mode={cfg.mode!r}; use one of {', '.join(MODES)}")
+    if cfg.prompt is None and cfg.prompts is None:
+        raise SortedNetError('no prompt given; pass prompt="..." or prompts=FILE (.txt, .json or .jsonl)')
+    if cfg.prompt is not None and cfg.prompts is not None:
+        raise SortedNetError("pass either prompt= or prompts=, not both")
+    if cfg.prompt is not None and not cfg.prompt.strip():
+        raise SortedNetError('the prompt is empty; pass an instruction: prompt="..."')
+    if cfg.max_new_tokens < 1:
+        raise SortedNetError(f"max_new_tokens={cfg.max_new_tokens} must be at least 1")
+    if cfg.batch_size < 1:
+        raise SortedNetError(f"batch_size={cfg.batch_size} must be at least 1")
+    if cfg.do_sample and not cfg.temperature > 0:
+        raise SortedNetError(f"temperature={cfg.temperature} must be > 0 (for greedy decoding use do_sample=false)")
+    if not 0 < cfg.top_p <= 1:
+        raise SortedNetError(f"top_p={cfg.top_p} must be in (0, 1]")
+    if cfg.mode != "exit" and cfg.batch_size != 1:
+        raise SortedNetError(f"mode={cfg.mode} decodes one sequence at a time; use batch_size=1")
+    if cfg.draft_exit is not None and cfg.mode != "speculative":
+        raise SortedNetError(f"draft_exit is for mode=speculative (this is mode={cfg.mode}); drop it or set the mode")
+    if cfg.mode == "speculative" and cfg.draft_exit is None:
+        raise SortedNetError("mode=speculative needs a draft exit: draft_exit=E, with E below the verifying exit")
+    if cfg.thresholds is not None and cfg.mode != "dynamic":
+        raise SortedNetError(f"thresholds are for mode=dynamic (this is mode={cfg.mode}); drop them or set the mode")
+    if isinstance(cfg.exit, str):
+        if cfg.exit != "auto":
+            raise SortedNetError(f"exit={cfg.exit!r} is neither a layer count nor auto; pass exit=K or exit=auto")
+        if cfg.mode != "exit":
+            raise SortedNetError(f"exit=auto picks one exit for mode=exit, not mode={cfg.mode}")
+        if cfg.latency_ms_per_token is None:
+            raise SortedNetError("exit=auto needs a latency budget: latency_ms_per_token=X")
+    if cfg.latency_ms_per_token is not None:
+        if cfg.exit != "auto":
+            raise SortedNetError("latency_ms_per_token is for exit=auto; pass exit=auto or drop it")
+        if not cfg.latency_ms_per_token > 0:
+            raise SortedNetError(f"latency_ms_per_token={cfg.latency_ms_per_token} must be > 0")
+
+
+def read_prompts(path: str) -> list[tuple[str, str]]:
+    """(instruction, input) pairs from a .txt file (one instruction per line) or an Alpaca .json/.jsonl file."""
+    from sortednet.data.alpaca import read_rows
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SortedNetError(f"prompts file {path!r} not found; pass prompts=FILE.txt|FILE.json|FILE.jsonl")
+    if file.suffix in (".json", ".jsonl"):
+        pairs = []
+        for index, row in enumerate(read_rows(str(file))):
+            if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
+                raise SortedNetError(f"row {index} of {path} has no 'instruction' text; every row needs one")
+            if not row["instruction"].strip():
+                raise SortedNetError(f"row {index} of {path} has an empty instruction; fill it or drop the row")
+            text = row.get("input") or ""
+            if not isinstance(text, str):
+                raise SortedNetError(f"row {index} of {path}: 'input' is a {type(text).__name__}, not text")
+            pairs.append((row["instruction"], text))
+    elif file.suffix == ".txt":
+        pairs = [(line, "") for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise SortedNetError(f"prompts file {path!r} must end in .txt (one instruction per line), .json or .jsonl")
+    if not pairs:
+        raise SortedNetError(f"prompts file {path!r} holds no prompt")
+    return pairs
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SortedNetError(f"unknown device={name!r}; use auto, cpu or cuda[:N]") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SortedNetError(f"device={name} but CUDA is not available here; use device=cpu")
+    return device
+
+
+def check_against_model(cfg: GenerateConfig, net, meta: dict) -> None:
+    """The settings that depend on the checkpoint: exits, draft exit, thresholds."""
+    num_layers, exits = net.num_layers, list(meta["exits"])
+    if isinstance(cfg.exit, int) and not 1 <= cfg.exit <= num_layers:
+        raise SortedNetError(
+            f"exit={cfg.exit} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
+            f"trained exits: {exits})"
+        )
+    if cfg.mode != "exit" and cfg.exit is not None and cfg.exit != num_layers:
+        what = "verifies with" if cfg.mode == "speculative" else "ends at"
+        raise SortedNetError(
+            f"mode={cfg.mode} {what} the full model (exit {num_layers}); drop exit={cfg.exit} "
+            f"(or use mode=exit exit={cfg.exit})"
+        )
+    if cfg.mode == "speculative" and not 1 <= cfg.draft_exit < num_layers:
+        raise SortedNetError(
+            f"draft_exit={cfg.draft_exit} must be in [1, {num_layers - 1}] (below the last layer, {num_layers}); "
+            f"trained exits: {exits}"
+        )
+    if cfg.mode == "dynamic":
+        below = exits[:-1]
+        if not below:
+            raise SortedNetError(f"mode=dynamic needs an exit set with exits below L; this checkpoint has {exits}")
+        if cfg.thresholds is None:
+            raise SortedNetError(
+                f"mode=dynamic needs thresholds=[...]: {len(below)} values in (0, 1], one per exit {below} "
+                f"(1.0 never exits there)"
+            )
+        if len(cfg.thresholds) != len(below):
+            raise SortedNetError(
+                f"thresholds has {len(cfg.thresholds)} values, expected {len(below)}: one per exit {below} "
+                f"(the checkpoint's exits below the last, {exits[-1]})"
+            )
+        bad = [t for t in cfg.thresholds if not 0 < t <= 1]
+        if bad:
+            raise SortedNetError(f"thresholds {bad} are outside (0, 1]; each is a confidence in (0, 1]")
+
+
+def encode_prompts(cfg: GenerateConfig, pairs, tokenizer, net, meta) -> list[list[int]]:
+    """Token ids of each prompt, exactly as training tokenizes them; checked against the context window."""
+    from sortednet.inference.load import prompt_style_of
+
+    style = prompt_style_of(meta)
+    ids = tokenizer([style.format(instruction, text) for instruction, text in pairs])["input_ids"]
+    window = getattr(net.lm.config, "max_position_embeddings", None)
+    if window:
+        for index, prompt in enumerate(ids):
+            if len(prompt) + cfg.max_new_tokens > window:
+                which = "the prompt" if len(ids) == 1 else f"prompt {index + 1}"
+                raise SortedNetError(
+                    f"{which} is {len(prompt)} tokens; with max_new_tokens={cfg.max_new_tokens} that exceeds the "
+                    f"model's max_position_embeddings={window}; shorten it or lower max_new_tokens"
+                )
+    return ids
+
+
+# ---------------------------------------------------------------- latency profile
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_key(device: torch.device, dtype: torch.dtype) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return f"{device.type}:{name}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}"
+
+
+def profile_path(ckpt: str) -> Path:
+    return Path(str(Path(ckpt).expanduser()).rstrip("/") + ".latency.json")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_latency(net, tokenizer, meta: dict, device: torch.device) -> dict[int, float]:
+    """Milliseconds per generated token of each exit (greedy, KV cache, the median of a few runs)."""
+    from sortednet.data.alpaca import pad_id
+    from sortednet.inference.load import prompt_style_of
+
+    prompt = tokenizer(prompt_style_of(meta).format(PROFILE_INSTRUCTION))["input_ids"]
+    ids = torch.tensor([prompt], device=device)
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=PROFILE_TOKENS,
+        min_new_tokens=PROFILE_TOKENS,  # no early EOS: every run makes the same number of tokens
+        pad_token_id=pad_id(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    profile = {}
+    for e in meta["exits"]:
+        with net.at_exit(e) as lm:
+            for _ in range(PROFILE_WARMUP):
+                lm.generate(input_ids=ids, **kwargs)
+            times = []
+            for _ in range(PROFILE_REPEATS):
+                _sync(device)
+                start = time.perf_counter()
+                lm.generate(input_ids=ids, **kwargs)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+        profile[e] = 1000 * statistics.median(times) / PROFILE_TOKENS
+    return profile
+
+
+def latency_profile(cfg: GenerateConfig, net, tokenizer, meta, device) -> tuple[dict[int, float], Path, bool]:
+    """The cached profile of this device and thread count, measured and cached when absent."""
+    path = profile_path(cfg.ckpt)
+    key = device_key(device, net.lm_head.weight.dtype)
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    entry = cache.get(key) or {}
+    cached = {int(e): float(ms) for e, ms in (entry.get("ms_per_token") or {}).items()}
+    if all(e in cached for e in meta["exits"]) and entry.get("tokens") == PROFILE_TOKENS:
+        return {e: cached[e] for e in meta["exits"]}, path, True
+    print(f"measuring the latency of exits {meta['exits']} on {key} ...", file=sys.stderr)
+    profile = measure_latency(net, tokenizer, meta, device)
+    cache[key] = {
+        "device": key.split("|")[0],
+        "threads": torch.get_num_threads(),
+        "dtype": str(net.lm_head.weight.dtype).removeprefix("torch."),
+        "tokens": PROFILE_TOKENS,
+        "warmup": PROFILE_WARMUP,
+        "ms_per_token": {str(e): round(ms, 4) for e, ms in profile.items()},
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        _write_json_atomically(path, cache)
+    except OSError as error:
+        print(f"sortednet: warning: cannot cache the latency profile in {path} ({error})", file=sys.stderr)
+    return profile, path, False
+
+
+def _write_json_atomically(path: Path, data) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(data, file, indent=2, sort_keys=True)
+            file.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pick_exit(profile: dict[int, float], budget_ms: float, where: str) -> int:
+    """The deepest exit whose ms/token is within ``budget_ms``, or a one-line error naming the fastest."""
+    fitting = [e for e, ms in profile.items() if ms <= budget_ms]
+    if not fitting:
+        fastest = min(profile, key=profile.get)
+        raise SortedNetError(
+            f"no exit fits latency_ms_per_token={budget_ms:g}: the fastest, exit {fastest}, takes "
+            f"{profile[fastest]:.3f} ms per token ({where}); raise latency_ms_per_token"
+        )
+    return max(fitting)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _sampling_kwargs(cfg: GenerateConfig) -> dict:
+    if not cfg.do_sample:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+
+
+def _count(row: list[int], eos: int | None) -> int:
+    """Generated tokens up to and including the first EOS (the rest is padding)."""
+    return row.index(eos) + 1 if eos is not None and eos in row else len(row)
+
+
+def _report(label: str, tokens: int, seconds: float, extra: str = "") -> None:
+    rate = tokens / seconds if seconds > 0 else float("inf")
+    print(f"{label}: {tokens} tokens in {seconds:.3f} s ({rate:.1f} tokens/s){extra}", file=sys.stderr)
+
+
+@torch.no_grad()
+def generate_exit(cfg: GenerateConfig, net, tokenizer, prompts: list[list[int]], exit_: int) -> tuple[int, float]:
+    """mode=exit: Hugging Face ``generate`` on sub-model ``exit_`` (KV cache); streams when batch_size=1."""
+    from sortednet.data.alpaca import pad_id
+
+    device = next(net.parameters()).device
+    pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
+    common = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos, **_sampling_kwargs(cfg))
+    total_tokens, total_seconds, n = 0, 0.0, len(prompts)
+    with net.at_exit(exit_) as lm:
+        for start in range(0, n, cfg.batch_size):
+            chunk = prompts[start : start + cfg.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):  # left padding: every row's next token is at the same position
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
+            torch.manual_seed(cfg.seed)
+            stream = TextStream(tokenizer) if len(chunk) == 1 else None
+            if start:
+                sys.stdout.write("\n")  # the blank line between answers
+            _sync(device)
+            began = time.perf_counter()
+            out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), streamer=stream, **common)
+            _sync(device)
+            seconds = time.perf_counter() - began
+            rows = out[:, width:].tolist()
+            if stream is not None:
+                stream.finish(rows[0])
+                sys.stdout.write("\n")
+            else:
+                texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                sys.stdout.write("\n\n".join(texts) + "\n")
+            sys.stdout.flush()
+            counts = [_count(row, eos) for row in rows]
+            total_tokens, total_seconds = total_tokens + sum(counts), total_seconds + seconds
+            if len(chunk) == 1:
+                _report(f"[{start + 1}/{n}] exit {exit_}", counts[0], seconds)
+            else:
+                _report(
+                    f"[{start + 1}-{start + len(chunk)}/{n}] exit {exit_}, batch of {len(chunk)}", sum(counts), seconds
+                )
+    return total_tokens, total_seconds
+
+
+def _format_stats(stats: dict) -> str:
+    def fmt(value):
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list) and len(value) > 12:
+            return f"[{', '.join(fmt(v) for v in value[:6])}, ... ({len(value)} values)]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
+        return str(value)
+
+    return ", ".join(f"{key}={fmt(value)}" for key, value in stats.items())
+
+
+@torch.no_grad()
+def generate_decoded(
+    cfg: GenerateConfig, net, tokenizer, prompts: list[list[int]], exits: list[int]
+) -> tuple[int, float]:
+    """mode=speculative|dynamic, one prompt at a time, through :mod:`sortednet.inference.decode`."""
+    try:
+        from sortednet.inference.decode import generate as decode_generate
+    except ModuleNotFoundError as error:
+        if error.name != "sortednet.inference.decode":
+            raise
+        raise SortedNetError(
+            f"mode={cfg.mode} needs sortednet.inference.decode, which this installation lacks; use mode=exit"
+        ) from error
+    # dynamic mode tries the checkpoint's exit set, shallow to deep
+    accepts_exits = "exits" in inspect.signature(decode_generate).parameters
+    extra = {"exits": list(exits)} if accepts_exits and cfg.mode == "dynamic" else {}
+    total_tokens, total_seconds, n = 0, 0.0, len(prompts)
+    device = next(net.parameters()).device
+    for index, ids in enumerate(prompts):
+        if index:
+            sys.stdout.write("\n")
+        stream = TextStream(tokenizer, skip_prompt=False)
+        _sync(device)
+        began = time.perf_counter()
+        new_ids, stats = decode_generate(
+            net,
+            list(ids),
+            mode=cfg.mode,
+            exit=cfg.exit if isinstance(cfg.exit, int) else None,
+            draft_exit=cfg.draft_exit,
+            thresholds=list(cfg.thresholds) if cfg.thresholds is not None else None,
+            **extra,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            on_token=stream.push,
+        )
+        _sync(device)
+        seconds = time.perf_counter() - began
+        stream.finish(list(new_ids))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        tokens = len(new_ids)
+        total_tokens, total_seconds = total_tokens + tokens, total_seconds + seconds
+        _report(f"[{index + 1}/{n}] {cfg.mode}", tokens, seconds, f"; {_format_stats(stats)}" if stats else "")
+    return total_tokens, total_seconds
+
+
+def generate(cfg: GenerateConfig) -> None:
+    """The whole command: check, load, (profile), generate to stdout, report to stderr."""
+    from sortednet.inference.load import load_sorted
+
+    check_settings(cfg)
+    pairs = [(cfg.prompt, cfg.input)] if cfg.prompt is not None else read_prompts(cfg.prompts)
+    device = resolve_device(cfg.device)
+    net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir, device)
+    check_against_model(cfg, net, meta)
+    prompts = encode_prompts(cfg, pairs, tokenizer, net, meta)
+    if cfg.mode != "exit":
+        tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta["exits"]))
+    else:
+        exit_ = cfg.exit if isinstance(cfg.exit, int) else net.num_layers
+        if cfg.exit == "auto":
+            profile, path, cached = latency_profile(cfg, net, tokenizer, meta, device)
+            source = f"cached in {path}" if cached else f"measured, written to {path}"
+            lines = "\n".join(f"  exit {e}: {ms:.3f} ms/token" for e, ms in profile.items())
+            print(
+                f"latency profile ({device_key(device, net.lm_head.weight.dtype)}; {source}):\n{lines}", file=sys.stderr
+            )
+            exit_ = pick_exit(profile, cfg.latency_ms_per_token, f"profile in {path}")
+            print(
+                f"exit=auto: exit {exit_} ({profile[exit_]:.3f} ms/token <= {cfg.latency_ms_per_token:g})",
+                file=sys.stderr,
+            )
+        elif exit_ not in meta["exits"]:
+            print(f"sortednet: warning: exit {exit_} is not one of the trained exits {meta['exits']}", file=sys.stderr)
+        tokens, seconds = generate_exit(cfg, net, tokenizer, prompts, exit_)
+    if len(prompts) > 1:
+        _report(f"total ({len(prompts)} prompts)", tokens, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run(cfg: GenerateConfig) -> None:
+        cli.quiet_transformers()
+        generate(cfg)
+
+    return cli.run(run, GenerateConfig, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`python -m sortednet.calibrate ckpt=PATH [max_drop=0.01] [data=FILE] [prompts=60]`: dynamic-exit thresholds.
+
+Decodes held-out instructions with the full model and with ``mode=dynamic`` at a grid of shared thresholds
+(high to low), and prints the lowest threshold whose exact match is at most ``max_drop`` below the full
+model's. The table of every threshold tried goes to stderr; stdout carries only the chosen
+``thresholds=[...]``, ready to pass to ``sortednet.generate mode=dynamic``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from sortednet import cli
+
+
+@dataclass
+class CalibrateConfig:
+    ckpt: str = ""
+    max_drop: float = 0.01
+    data: str = "embedded"
+    prompts: int = 60
+    max_new_tokens: int = 32
+    cache_dir: str | None = None
+
+
+def calibrate_cli(cfg: CalibrateConfig) -> None:
+    from sortednet.data.alpaca import check_rows, read_rows
+    from sortednet.data.embedded import make_rows
+    from sortednet.errors import SortedNetError
+    from sortednet.inference.calibrate import calibrate
+    from sortednet.inference.load import load_sorted, prompt_style_of
+
+    cli.quiet_transformers()
+    if not cfg.ckpt:
+        raise SortedNetError("no checkpoint; pass ckpt=PATH.ckpt")
+    if cfg.prompts < 1 or not 0 <= cfg.max_drop < 1:
+        raise SortedNetError("prompts must be >= 1 and max_drop in [0, 1)")
+    net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
+    if len(meta["exits"]) < 2:
+        raise SortedNetError(f"the checkpoint's exit set {meta['exits']} has no exit below the last layer")
+    # The embedded tasks with a seed training did not use; or the first rows of a user's validation file.
+    rows = make_rows(cfg.prompts, seed=3) if cfg.data == "embedded" else check_rows(read_rows(cfg.data), cfg.data)
+    rows = rows[: cfg.prompts]
+    style = prompt_style_of(meta)
+    prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in rows]
+    thresholds, table = calibrate(
+        net, tokenizer, prompts, [r["output"] for r in rows], meta["exits"], cfg.max_drop, cfg.max_new_tokens
+    )
+    print("threshold  exact_match  (full)  = full output  mean exit", file=sys.stderr)
+    for row in table:
+        print(
+            f"{row['threshold']:>9}  {row['exact_match']:>11.3f}  {row['full_exact_match']:.3f}  "
+            f"{row['agreement']:>13.3f}  {row['mean_exit']:>9.2f}",
+            file=sys.stderr,
+        )
+    print(f"thresholds=[{','.join(str(t) for t in thresholds)}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(calibrate_cli, CalibrateConfig, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The calibration command and `bench generate`, on the in-process checkpoints of test_inference_cli."""
+
+from __future__ import annotations
+
+import pytest
+
+from sortednet import bench, calibrate
+from sortednet.inference.calibrate import GRID
+from test_inference_cli import ckpts  # noqa: F401 - the shared module fixture
+
+
+def test_calibrate_prints_thresholds_and_its_table(ckpts, capsys):  # noqa: F811
+    assert calibrate.main([f"ckpt={ckpts['soft']}", "prompts=3", "max_new_tokens=4", "max_drop=0.0"]) == 0
+    out, err = capsys.readouterr()
+    (line,) = out.splitlines()
+    values = [float(v) for v in line.removeprefix("thresholds=[").removesuffix("]").split(",")]
+    assert len(values) == 3 and len(set(values)) == 1 and values[0] in GRID
+    tried = [row for row in err.splitlines()[1:] if row.strip()]
+    assert 1 <= len(tried) <= len(GRID) and float(tried[0].split()[0]) == GRID[0]
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["prompts=3"], "no checkpoint"), (["ckpt=/no/such.ckpt"], "not found")])
+def test_calibrate_bad_input(argv, message, capsys):
+    assert calibrate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):  # noqa: F811
+    bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
+                "--thresholds", "1.0", "1.0", "1.0"])  # fmt: skip
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
+    by_mode = {r[0]: r for r in rows if r and r[0] not in ("mode", "---")}
+    assert set(by_mode) == {
+        "full (exit 8)", "exit 2", "exit 4", "exit 6", "speculative draft 2", "speculative draft 4",
+        "speculative draft 6", "HF assistant_early_exit=2", "HF assistant_early_exit=4", "HF assistant_early_exit=6",
+        "dynamic [1.0, 1.0, 1.0]",
+    }  # fmt: skip
+    for mode, row in by_mode.items():  # the lossless modes reproduce the full model's output on every prompt
+        if mode.startswith(("speculative", "HF", "dynamic", "full")):
+            assert row[-1] == "1.00", mode

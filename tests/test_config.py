@@ -36,7 +36,8 @@ def test_the_paper_experiments_exist():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
     cfg = _compose(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
-    assert cfg.seed == 42 and cfg.optimizer["lr"] == 2e-5 and cfg.trainer["precision"] == "bf16-true"
+    assert cfg.seed == 42 and cfg.optimizer["lr"] == 2e-5 and cfg.trainer["precision"] == "bf16-mixed"
+    assert cfg.strategy.name == "fsdp" and cfg.data.global_batch_size == 128  # 4 x 8 GPUs x 4 accumulation
     module = build_module(cfg)
     module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
     assert sum(p.numel() for p in module.net.lm.parameters()) == PARAMS[cfg.model.name_or_path]
@@ -95,3 +96,17 @@ def test_exit_sets_sweep_as_explicit_lists():
     assert override.is_sweep_override()
     assert list(override.sweep_iterator()) == [[4, 8], [2, 4, 6, 8]]
     assert _compose("exits=[4,8]").exits == [4, 8]
+
+
+@pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp"])
+def test_strategy_group(strategy):
+    assert _compose(f"strategy={strategy}").strategy.name == strategy
+    assert _compose().strategy.name == "single"
+
+
+def test_paper_batch_gives_four_accumulation_steps_on_eight_gpus():
+    from sortednet.train import configure_strategy
+
+    trainer = configure_strategy(_compose("experiment=soft_13b"))
+    assert trainer["accumulate_grad_batches"] == 4 and trainer["precision"] == "32-true"  # FSDP2 policy casts
+    assert type(trainer["strategy"]).__name__ == "ModelParallelStrategy"

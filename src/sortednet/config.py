@@ -37,6 +37,9 @@ class DataConfig:
     """Validation rows: a fraction (< 1) or a count."""
     batch_size: int = 8
     """Examples per micro-batch and device."""
+    global_batch_size: int | None = None
+    """Sequences per optimizer step over all devices; when set, ``trainer.accumulate_grad_batches`` is
+    derived from it (global / (batch_size x devices x nodes), which must be a whole number)."""
     eval_batch_size: int = 32
     num_workers: int = 0
     seed: int = 42
@@ -71,6 +74,20 @@ class LossConfig:
 
 
 @dataclass
+class StrategyConfig:
+    """How training is spread over devices (the ``strategy`` group)."""
+
+    name: str = "single"
+    """single (the trainer preset's own ``strategy``, one device by default) | ddp (a full replica per
+    device) | fsdp (FSDP2 through Lightning's ModelParallelStrategy: parameters, gradients and optimizer
+    states sharded over the devices, one unit per decoder layer)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (any strategy)."""
+    save_distributed_checkpoint: bool = True
+    """fsdp: each rank writes its shard (a checkpoint directory); false gathers one file on rank 0."""
+
+
+@dataclass
 class ThroughputConfig:
     window: int = 20
     """Steps per sliding window of the logged tokens/s, TFLOP/s and MFU."""
@@ -99,6 +116,7 @@ class TrainConfig:
     """Linear warm-up steps before the cosine decay."""
     min_lr_ratio: float = 0.0
     """Final learning rate of the cosine schedule as a fraction of the peak."""
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of ``lightning.Trainer``."""
     logger: dict[str, Any] = field(default_factory=dict)

@@ -92,10 +92,24 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None):
         raise _not_found(path, "model", error) from error
 
 
-def causal_lm_from_config(architecture: dict, dtype: str = "float32", device: str | torch.device = "meta"):
-    """Build a model from a config dict without weights (``meta`` by default): for plans and config tests."""
+def load_config(name_or_path: str, cache_dir=None):
+    """The Hugging Face config of a hub id or local directory, without its weights."""
+    from transformers import AutoConfig
+
+    path = resolve(name_or_path, "model", cache_dir)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=_local_only(path))
+    except (OSError, ValueError) as error:
+        raise _not_found(path, "model", error) from error
+
+
+def causal_lm_from_config(architecture, dtype: str = "float32", device: str | torch.device = "meta"):
+    """Build a model from a config (a dict or a Hugging Face config) without weights (``meta`` by default):
+    for plans, config tests and FSDP, which shards the empty model before loading its weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(**architecture)
+    if dtype not in DTYPES:
+        raise SortedNetError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    config = AutoConfig.for_model(**architecture) if isinstance(architecture, dict) else architecture
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
+import types
 from collections.abc import Callable
 
 import lightning as L
@@ -15,7 +17,7 @@ from torchmetrics import MeanMetric
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
-from sortednet.hub import load_causal_lm
+from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
 from sortednet.loss import label_positions, multi_exit_loss
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
 from sortednet.schedule import ExitSchedule
@@ -54,6 +56,8 @@ class SortedModule(L.LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
         cache_dir: str | None = None,
+        activation_checkpointing: bool = False,
+        mixed_precision: bool = False,
     ):
         super().__init__()
         if objective.name not in OBJECTIVES:
@@ -66,6 +70,8 @@ class SortedModule(L.LightningModule):
         self.model_config, self.objective, self.loss_config = model, objective, loss or LossConfig()
         self.exit_spec, self.optimizer_factory = exits, optimizer
         self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
+        # mixed_precision: FSDP2 computes in bf16 over the parameters' own dtype (fp32 master weights)
+        self.activation_checkpointing, self.mixed_precision = activation_checkpointing, mixed_precision
         self.save_hyperparameters(
             {
                 "model": dataclasses.asdict(model),
@@ -78,32 +84,87 @@ class SortedModule(L.LightningModule):
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
-        if self.net is not None:
-            return
-        causal_lm = load_causal_lm(self.model_config.name_or_path, self.model_config.dtype, self.cache_dir)
+        """Load the model; under ModelParallelStrategy (``self.device_mesh`` set) shard it with FSDP2 first."""
+        if self.device_mesh is not None:
+            self._shard(self.device_mesh["data_parallel"])
+        elif self.net is None:
+            self.setup_net(self._loaded_causal_lm())
+
+    def check(self) -> None:
+        """Everything :meth:`configure_model` checks — model path and config, exits, the ICT checkpoint —
+        on the meta device, without loading weights. Leaves the empty model for FSDP to shard."""
+        config = load_config(self.model_config.name_or_path, self.cache_dir)
+        causal_lm = causal_lm_from_config(config, self.model_config.dtype, device="meta")
         if self.objective.name == "ict":
             load_sorted_checkpoint(SortedLM(causal_lm), self.objective.init_from)
         self.setup_net(causal_lm)
 
-    def setup_net(self, causal_lm: torch.nn.Module) -> None:
-        """Wrap ``causal_lm`` (weights already loaded) and apply the objective: truncation for extracted,
-        a frozen decoder plus new exit heads for ict."""
+    def _loaded_causal_lm(self) -> torch.nn.Module:
+        causal_lm = load_causal_lm(self.model_config.name_or_path, self.model_config.dtype, self.cache_dir)
+        if self.objective.name == "ict":
+            load_sorted_checkpoint(SortedLM(causal_lm), self.objective.init_from)
+        return causal_lm
+
+    def _objective_view(self, causal_lm: torch.nn.Module) -> tuple[SortedLM, list[int]]:
+        """``causal_lm`` wrapped, with the objective applied: truncation for extracted, a frozen decoder plus
+        new exit heads for ict. Returns the net and its exits."""
         net = SortedLM(causal_lm.train())  # from_pretrained returns eval mode
         exits = resolve_exits(self.exit_spec, net.num_layers)
-        name = self.objective.name
-        if name == "extracted":
+        if self.objective.name == "extracted":
             keep = self.objective.layers or exits[(len(exits) - 1) // 2]
             truncate_layers_(causal_lm, keep)
             exits = [keep]
-        if name == "ict":
+        if self.objective.name == "ict":
             net.requires_grad_(False)
             net.add_exit_heads(exits)
+        if self.activation_checkpointing:  # per decoder layer; non-reentrant, so FSDP2 hooks stay in order
+            causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return net, exits
+
+    def setup_net(self, causal_lm: torch.nn.Module) -> None:
+        """Wrap ``causal_lm`` (weights loaded, or on the meta device) and apply the objective."""
+        net, exits = self._objective_view(causal_lm)
+        name = self.objective.name
         self.net, self.eval_exits = net, exits
         self.train_exits = {"soft": exits, "sft": exits[-1:], "ict": exits[:-1], "extracted": exits}[name]
         if not self.train_exits:
             raise SortedNetError("objective=ict needs at least one exit below the last layer in the exit set")
         self.schedule = ExitSchedule(self.train_exits, self.loss_config)
         self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
+
+    def _shard(self, mesh) -> None:
+        """FSDP2: one unit per decoder layer, the rest (embeddings, final norm, LM head, ICT heads) in the root
+        unit, so the shared norm and head are gathered once per step and serve every exit.
+
+        The model is built on the meta device, sharded, materialised empty, and filled from rank 0's full
+        state dict (``broadcast_from_rank0``): only rank 0 ever holds the whole model in host memory, and
+        a broadcast works on every backend (gloo on CPU included), where a per-rank load would need the
+        whole checkpoint in every rank's memory.
+        """
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+        if isinstance(self.net, FSDPModule):  # configure_model runs again for validate/test
+            return
+        if self.net is None or not next(self.net.parameters()).is_meta:
+            self.check()
+        net = self.net
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if self.mixed_precision else None,
+            reduce_dtype=torch.float32 if self.mixed_precision else None,
+        )
+        for layer in net.decoder.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(net, mesh=mesh, mp_policy=policy)
+        # The loss reaches the decoder, norm and heads through this method, not forward: make it the root's
+        # forward, so the root is gathered before it and its gradients are reduced after the loss's backward.
+        net.exit_losses = types.MethodType(exit_losses, net)
+        register_fsdp_forward_method(net, "exit_losses")
+        device = self.trainer.strategy.root_device
+        net.to_empty(device=device)
+        _rebuild_non_persistent_buffers(net, device)
+        full = self._objective_view(self._loaded_causal_lm())[0].state_dict() if self.global_rank == 0 else {}
+        set_model_state_dict(net, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def metadata(self) -> dict:
         """What a checkpoint needs to be used without its training config."""
@@ -122,11 +183,9 @@ class SortedModule(L.LightningModule):
 
     # ---------------------------------------------------------------- steps
     def _losses(self, batch: dict, exits, weights=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        positions, targets = label_positions(batch["labels"])
-        # ICT trains only new heads: no graph through the frozen decoder.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.objective.name != "ict"):
-            rows = self.net.exit_hidden_states(batch["input_ids"], batch["attention_mask"], exits, positions)
-        return multi_exit_loss(rows, {e: self.net.head(e) for e in exits}, targets, weights)
+        # Under FSDP2 the net carries exit_losses as a registered forward method (see _shard).
+        run = getattr(self.net, "exit_losses", None) or functools.partial(exit_losses, self.net)
+        return run(batch["input_ids"], batch["attention_mask"], batch["labels"], exits, weights)
 
     def on_fit_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)
@@ -147,6 +206,9 @@ class SortedModule(L.LightningModule):
         loss, losses = self.training_loss(batch, self.global_step)
         ids = batch["input_ids"]
         n_labels = int((batch["labels"][:, 1:] != -100).sum())
+        logged = loss.detach()
+        if self.trainer.world_size > 1:
+            loss, logged, losses = self._global_token_mean(loss, losses, n_labels)
         frozen = self.objective.name == "ict"
         # read by the throughput callback for TFLOP/s and MFU
         self.flops_per_batch = train_step_flops(
@@ -154,8 +216,20 @@ class SortedModule(L.LightningModule):
         )
         size = batch["input_ids"].shape[0]
         self.log_dict({f"train/loss_exit_{e}": v for e, v in losses.items()}, batch_size=size)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
+        self.log("train/loss", logged, prog_bar=True, batch_size=size)
         return loss
+
+    def _global_token_mean(self, loss: torch.Tensor, losses: dict[int, torch.Tensor], n_labels: int):
+        """Make the step's loss the token mean over *all* ranks' label tokens, as one process on the global
+        batch would compute it: each rank's token mean is rescaled by its share of the tokens (DDP and FSDP
+        average gradients over ranks), and the logged values are the global ones, the same on every rank."""
+        world = self.trainer.world_size
+        local = torch.stack([loss.detach().float(), *(v.float() for v in losses.values())]) * n_labels
+        stats = torch.cat([torch.tensor([float(n_labels)], device=local.device), local])
+        total = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        n_global = total[0].clamp(min=1)
+        scaled = loss * (n_labels * world / n_global).to(loss.dtype)
+        return scaled, total[1] / n_global, dict(zip(losses, total[2:] / n_global, strict=True))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         n_tokens = int((batch["labels"][:, 1:] != -100).sum())
@@ -190,6 +264,33 @@ class SortedModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
         }
+
+
+def exit_losses(net: SortedLM, input_ids, attention_mask, labels, exits, weights=None):
+    """The multi-exit loss of a batch and its per-exit values: one pass through the decoder, then every exit's
+    head at the label positions (:func:`sortednet.loss.multi_exit_loss`).
+
+    ICT's decoder is frozen (requires_grad off), so grad mode records no graph through it; it stays on there,
+    as FSDP2 sets up gradient reduction only for a grad-mode forward whose output requires grad.
+    """
+    positions, targets = label_positions(labels)
+    rows = net.exit_hidden_states(input_ids, attention_mask, exits, positions)
+    return multi_exit_loss(rows, {e: net.head(e) for e in exits}, targets, weights)
+
+
+def _rebuild_non_persistent_buffers(module: torch.nn.Module, device: torch.device) -> None:
+    """Recompute buffers that are not in the state dict (rotary ``inv_freq``), which ``to_empty`` left as
+    garbage, by constructing their modules afresh from the model config."""
+    for sub in module.modules():
+        names = [n for n in getattr(sub, "_non_persistent_buffers_set", ()) if getattr(sub, n, None) is not None]
+        if not names:
+            continue
+        if not hasattr(sub, "config"):
+            raise SortedNetError(f"cannot rebuild the buffers {names} of {type(sub).__name__} after meta-device init")
+        with torch.device(device):
+            fresh = type(sub)(sub.config)
+        for name in names:
+            setattr(sub, name, getattr(fresh, name).to(getattr(sub, name).dtype))
 
 
 def read_checkpoint(path: str) -> dict:

@@ -1,0 +1,171 @@
+"""`python -m sortednet.plan [training overrides] [plan.KEY=VALUE]`: per-GPU memory and step time of a run
+under FSDP over N devices, from the real config and the model built on the meta device (no weights).
+
+Memory per GPU (bytes; P parameters, P_t trainable, N devices):
+  params      P x master bytes / N (the model's dtype: fp32 master weights under bf16-mixed)
+  gathered    the root unit (embeddings, norm, heads; kept gathered all step) + 2 decoder layers (the one
+              computing and the one prefetched), in the compute dtype
+  grads       P_t x master bytes / N
+  optimizer   AdamW: 2 moments x P_t / N, in the master dtype (fp32: 8 bytes/param); adamw8bit: 2 bytes/param
+  activations Korthikanti et al. 2022 (16-bit activations, no tensor/sequence parallelism), per layer
+              s*b*h*(34 + 5*a*s/h); with per-layer checkpointing: 2*s*b*h per layer kept + one layer's full
+              activations during its recomputation (b micro-batch per device, s tokens, h width, a heads)
+  loss        the multi-exit loss (sortednet.loss): one chunk of fp32 logits (<= 64 MiB) + one V x D fp32
+              gradient buffer + |B| x n_labels x D rows and their gradients, compute dtype
+Step time: analytic FLOPs of the step (sortednet.flops) over N x peak x MFU.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from sortednet.errors import SortedNetError
+
+GIB = 1024**3
+CARDS = {"8x80GB": 80, "8x40GB": 40, "8x32GB (paper, V100)": 32}
+CONF = Path(__file__).parents[2] / "conf"
+
+
+@dataclass
+class PlanConfig:
+    mfu: float = 0.4
+    """Model FLOPs utilisation assumed for the step time."""
+    peak_tflops: float = 312.0
+    """Peak TFLOP/s of one GPU at the compute dtype (A100 bf16: 312)."""
+    response_fraction: float = 0.5
+    """Share of a sequence's tokens that are response labels (the loss rows)."""
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import sortednet.train  # noqa: F401  (registers the schema)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=["run_dir=/tmp/unused", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+def plan(cfg, settings: PlanConfig) -> dict:
+    """The numbers of the plan: memory terms in GiB per GPU, tokens per step, step time."""
+    from sortednet.flops import train_step_flops
+    from sortednet.hub import DTYPES, causal_lm_from_config
+    from sortednet.loss import CHUNK_ELEMENTS
+    from sortednet.train import _world_size, build_module
+
+    if not cfg.model.architecture:
+        raise SortedNetError("the plan builds model.architecture on the meta device; pick model=llama2_13b or similar")
+    module = build_module(cfg)
+    module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
+    net, config = module.net, module.net.lm.config
+    n = _world_size(cfg.trainer)
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    master = DTYPES[cfg.model.dtype].itemsize
+    compute = 2 if precision.startswith(("bf16", "16")) else 4
+    params = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    layer = sum(p.numel() for p in net.decoder.layers[0].parameters())
+    root = params - layer * net.num_layers
+    eight_bit = "8bit" in str(cfg.optimizer.get("_target_", ""))
+    state_bytes = 2 if eight_bit else 2 * master
+    b, s = cfg.data.batch_size, cfg.data.max_length
+    h, a, L = config.hidden_size, config.num_attention_heads, net.num_layers
+    layer_act = s * b * h * (34 + 5 * a * s / h)
+    labels = int(b * s * settings.response_fraction)
+    exits = len(module.train_exits)
+    chunk_rows = min(CHUNK_ELEMENTS // config.vocab_size, labels)
+    loss = chunk_rows * config.vocab_size * 4 + config.vocab_size * h * 4 + 2 * exits * labels * h * compute
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if cfg.data.global_batch_size:
+        accumulate = cfg.data.global_batch_size // (b * n)
+    sequences = b * n * accumulate
+    tokens = sequences * s
+    flops = train_step_flops(config, exits, tokens, int(tokens * settings.response_fraction), s)
+    terms = {
+        "params": params * master / n,
+        "gathered": (root + 2 * layer) * compute,
+        "grads": trainable * master / n,
+        "optimizer": trainable * state_bytes / n,
+        "activations": L * layer_act,
+        "activations (checkpointed)": L * 2 * s * b * h + layer_act,
+        "multi-exit loss": loss,
+    }
+    return {
+        "gib": {k: v / GIB for k, v in terms.items()},
+        "params": params,
+        "trainable": trainable,
+        "devices": n,
+        "micro_batch": b,
+        "seq": s,
+        "sequences": sequences,
+        "tokens": tokens,
+        "step_s": flops / (n * settings.peak_tflops * 1e12 * settings.mfu),
+        "eight_bit": eight_bit,
+        "precision": precision,
+    }
+
+
+def totals(result: dict) -> tuple[float, float]:
+    g = result["gib"]
+    common = g["params"] + g["gathered"] + g["grads"] + g["optimizer"] + g["multi-exit loss"]
+    return common + g["activations"], common + g["activations (checkpointed)"]
+
+
+def verdicts(result: dict) -> dict[str, str]:
+    """Per card size: fits without checkpointing, only with it, or not at all (90% of the card usable)."""
+    full, checkpointed = totals(result)
+    out = {}
+    for card, size in CARDS.items():
+        usable = 0.9 * size
+        out[card] = (
+            "fits" if full <= usable else "fits with activation checkpointing" if checkpointed <= usable else "no"
+        )
+    return out
+
+
+def format_plan(result: dict, settings: PlanConfig) -> str:
+    full, checkpointed = totals(result)
+    lines = [
+        f"parameters {result['params']:,} (trainable {result['trainable']:,}); FSDP over {result['devices']} GPUs, "
+        f"precision {result['precision']}, optimizer {'AdamW 8-bit' if result['eight_bit'] else 'AdamW'}; "
+        f"micro-batch {result['micro_batch']} x {result['seq']} tokens",
+        "",
+        f"| {'per GPU':<32} | {'GiB':>8} |",
+        f"|{'-' * 34}|{'-' * 10}|",
+    ]
+    lines += [f"| {k:<32} | {v:>8.2f} |" for k, v in result["gib"].items()]
+    lines += [
+        f"| {'total, no checkpointing':<32} | {full:>8.2f} |",
+        f"| {'total, activation checkpointing':<32} | {checkpointed:>8.2f} |",
+        "",
+        f"tokens per step: {result['tokens']:,} ({result['sequences']} sequences x {result['seq']}, padded bound)",
+        f"step time at MFU {settings.mfu} of {settings.peak_tflops:g} TFLOP/s per GPU: {result['step_s']:.1f} s",
+        "",
+        f"| {'cards':<22} | {'verdict (90% of memory usable)':<34} |",
+        f"|{'-' * 24}|{'-' * 36}|",
+    ]
+    lines += [f"| {card:<22} | {verdict:<34} |" for card, verdict in verdicts(result).items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    plan_args = [a.removeprefix("plan.") for a in args if a.startswith("plan.")]
+    try:
+        settings = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(PlanConfig), OmegaConf.from_dotlist(plan_args))
+        )
+        cfg = compose([a for a in args if not a.startswith("plan.")])
+        print(format_plan(plan(cfg, settings), settings))
+    except SortedNetError as error:
+        print(f"sortednet: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

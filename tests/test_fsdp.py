@@ -1,0 +1,85 @@
+"""FSDP2 (strategy=fsdp) on 2 CPU processes over gloo, through the real CLI, against one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sortednet.data.embedded import make_rows
+from test_train import _metrics, _ok, run_cli
+
+# 12 rows, 4 held out: the 8 training rows are one step of the global batch (8 x 1 process, 4 x 2 processes),
+# so every step sees the same examples in both runs whatever the samplers' order.
+COMMON = [
+    "data.val_size=4",
+    "data.eval_batch_size=4",
+    "logger=csv",
+    "eval.num_generate=0",
+    "trainer.max_steps=3",
+    "trainer.max_epochs=5",
+    "trainer.val_check_interval=1.0",
+]
+FSDP = ["strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu", "data.batch_size=4"]
+SINGLE = ["data.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def twelve_rows(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "twelve.json"
+    path.write_text(json.dumps(make_rows(12)))
+    return path
+
+
+def _train_losses(run_dir: Path) -> dict[int, dict[str, float]]:
+    return {
+        int(r["step"]): {k: float(v) for k, v in r.items() if k.startswith("train/loss") and v}
+        for r in _metrics(run_dir)
+        if r["train/loss"]
+    }
+
+
+def _assert_same_losses(single: dict, sharded: dict, steps: int) -> None:
+    assert sorted(single) == sorted(sharded) == list(range(steps))
+    for step in single:
+        assert single[step].keys() == sharded[step].keys()
+        for key, value in single[step].items():
+            assert sharded[step][key] == pytest.approx(value, rel=1e-4), (step, key)
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_rows):
+    data = f"data.path={twelve_rows}"
+    _ok(run_cli(tmp_path, "single", data, *COMMON, *SINGLE))
+    out = _ok(run_cli(tmp_path, "fsdp", data, *COMMON, *FSDP))
+    assert "objective=soft, exits=[2, 4, 6, 8]" in out
+    single, sharded = _train_losses(tmp_path / "single"), _train_losses(tmp_path / "fsdp")
+    assert {"train/loss_exit_2", "train/loss_exit_8"} <= single[0].keys()
+    _assert_same_losses(single, sharded, 3)  # the first step, and the updates: the same training
+    assert single[2]["train/loss"] < single[0]["train/loss"]
+    assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # one shard per rank
+
+    # ICT under FSDP: frozen sharded decoder, new heads in the root unit, trained as in one process.
+    ict = ["objective=ict", f"objective.init_from={tmp_path}/single/checkpoints/last.ckpt", "trainer.max_steps=2"]
+    _ok(run_cli(tmp_path, "ict-single", data, *COMMON, *SINGLE, *ict))
+    _ok(run_cli(tmp_path, "ict-fsdp", data, *COMMON, *FSDP, *ict))
+    single, sharded = _train_losses(tmp_path / "ict-single"), _train_losses(tmp_path / "ict-fsdp")
+    _assert_same_losses(single, sharded, 2)
+    assert single[1]["train/loss"] < single[0]["train/loss"]  # the heads do train
+
+
+BAD_INPUT = [
+    (["strategy=fsdp"], "strategy=fsdp shards the model over several devices"),
+    (["strategy=fsdp", "trainer.devices=2", "trainer.precision=16-mixed"], "bf16-mixed"),
+    (["strategy=ddp", "trainer.devices=2", "data.batch_size=4", "data.global_batch_size=12"], "not a multiple"),
+    (["strategy=no_such"], "no_such"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
+def test_bad_strategy_input_is_one_line_before_any_process(tmp_path, cache_dir, twelve_rows, overrides, message):
+    process = run_cli(tmp_path, "run", f"data.path={twelve_rows}", "logger=csv", *overrides)
+    assert process.returncode != 0
+    assert message in process.stderr and "Traceback" not in process.stderr
+    assert not (tmp_path / "run" / "csv").exists()

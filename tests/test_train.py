@@ -71,6 +71,7 @@ def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
         assert float(r["train/mfu"]) == pytest.approx(float(r["train/tflops_per_s"]), rel=1e-6)  # peak = 1 TFLOP/s
     meta = _ckpt(run_dir)["sortednet"]
     assert meta["exits"] == [2, 4, 6, 8] and meta["objective"] == "soft" and meta["num_layers"] == 8
+    assert meta["prompt_style"] == "alpaca"
     assert any(p.name.startswith("step") for p in (run_dir / "checkpoints").iterdir())  # best by val/loss
 
 

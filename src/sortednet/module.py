@@ -58,6 +58,7 @@ class SortedModule(L.LightningModule):
         cache_dir: str | None = None,
         activation_checkpointing: bool = False,
         mixed_precision: bool = False,
+        prompt_style: str = "alpaca",
     ):
         super().__init__()
         if objective.name not in OBJECTIVES:
@@ -72,6 +73,7 @@ class SortedModule(L.LightningModule):
         self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
         # mixed_precision: FSDP2 computes in bf16 over the parameters' own dtype (fp32 master weights)
         self.activation_checkpointing, self.mixed_precision = activation_checkpointing, mixed_precision
+        self.prompt_style = prompt_style  # recorded in checkpoints, so inference formats prompts the same way
         self.save_hyperparameters(
             {
                 "model": dataclasses.asdict(model),
@@ -176,6 +178,7 @@ class SortedModule(L.LightningModule):
             "hf_config": self.net.lm.config.to_dict(),
             "model": self.model_config.name_or_path,
             "tokenizer": self.model_config.tokenizer or self.model_config.name_or_path,
+            "prompt_style": self.prompt_style,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

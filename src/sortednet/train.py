@@ -36,6 +36,7 @@ def build_module(cfg: TrainConfig):
         cache_dir=cfg.cache_dir,
         activation_checkpointing=cfg.strategy.activation_checkpointing,
         mixed_precision=cfg.strategy.name == "fsdp" and str(cfg.trainer.get("precision")) == "bf16-mixed",
+        prompt_style=cfg.data.prompt_style,
     )
 
 

@@ -57,15 +57,17 @@ class LayerStack:
     def run(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """``hidden`` ([1, q, D]) continues every layer's cache from ``start`` to ``stop``."""
         q = hidden.shape[1]
+        past, positions, mask, rope = None, None, None, None
         for layer in range(start, stop):
-            past = self.length(layer)
-            positions = torch.arange(past, past + q, device=self.device)[None]
-            mask = None
-            if q > 1:  # SDPA's is_causal would align the causal mask top-left; give it explicitly
-                allowed = torch.arange(past + q, device=self.device)[None, :] <= positions[0, :, None]
-                mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=self.device)
-                mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[None, None]
-            rope = self.net.decoder.rotary_emb(hidden, positions)
+            if self.length(layer) != past:  # layers that hold the same positions share positions, mask, rope
+                past = self.length(layer)
+                positions = torch.arange(past, past + q, device=self.device)[None]
+                mask = None
+                if q > 1:  # SDPA's is_causal would align the causal mask top-left; give it explicitly
+                    allowed = torch.arange(past + q, device=self.device)[None, :] <= positions[0, :, None]
+                    mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=self.device)
+                    mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[None, None]
+                rope = self.net.decoder.rotary_emb(hidden, positions)
             hidden = self.layers[layer](
                 hidden, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True,
                 position_embeddings=rope,

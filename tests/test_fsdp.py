@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from sortednet.data.embedded import make_rows
 from test_train import _metrics, _ok, run_cli
@@ -59,6 +60,21 @@ def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_r
     _assert_same_losses(single, sharded, 3)  # the first step, and the updates: the same training
     assert single[2]["train/loss"] < single[0]["train/loss"]
     assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # one shard per rank
+    # written atomically (temp sibling, then swapped in): no hidden temp directory is left
+    assert not [p.name for p in (tmp_path / "fsdp" / "checkpoints").iterdir() if p.name.startswith(".")]
+    # consolidated without a process group into one HF model: the weights of the one-process run
+    _assert_consolidates_to(tmp_path / "fsdp", tmp_path / "single", tmp_path / "hf-fsdp")
+    # resumed on another world size (3 ranks): DCP reshards; re-saved at once, model and optimizer are unchanged
+    last = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
+    three = [*FSDP[:1], "trainer.devices=3", *FSDP[2:]]
+    _ok(run_cli(tmp_path, "fsdp-3", data, *COMMON, *three, f"ckpt_path={last}"))
+    resaved = tmp_path / "fsdp-3" / "checkpoints" / "last.ckpt"
+    assert len(list(resaved.glob("*.distcp"))) == 3 and len(list(last.glob("*.distcp"))) == 2
+    for key in ("state_dict", "optimizer_0"):
+        before, after = _read_dcp(last, key), _read_dcp(resaved, key)
+        assert before.keys() == after.keys()
+        for name in before:
+            assert _equal(before[name], after[name]), (key, name)
 
     # ICT under FSDP: frozen sharded decoder, new heads in the root unit, trained as in one process.
     ict = ["objective=ict", f"objective.init_from={tmp_path}/single/checkpoints/last.ckpt", "trainer.max_steps=2"]
@@ -67,6 +83,46 @@ def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_r
     single, sharded = _train_losses(tmp_path / "ict-single"), _train_losses(tmp_path / "ict-fsdp")
     _assert_same_losses(single, sharded, 2)
     assert single[1]["train/loss"] < single[0]["train/loss"]  # the heads do train
+    _assert_consolidates_to(tmp_path / "ict-fsdp", tmp_path / "ict-single", tmp_path / "hf-ict")
+
+
+def _read_dcp(path: Path, key: str) -> dict:
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    return _load_state_dict_from_keys({key}, checkpoint_id=str(path))[key]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def _assert_consolidates_to(sharded_run: Path, single_run: Path, out: Path) -> None:
+    """`sortednet.consolidate` of the sharded run's distributed last.ckpt gives the one-process run's weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from sortednet.consolidate import EXIT_HEADS_FILE, main
+    from sortednet.inference.load import load_sorted
+
+    assert main([f"ckpt={sharded_run / 'checkpoints' / 'last.ckpt'}", f"out={out}"]) == 0
+    reference = torch.load(single_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    meta = reference["sortednet"]
+    lm = AutoModelForCausalLM.from_pretrained(out)
+    for key, value in lm.state_dict().items():
+        torch.testing.assert_close(value, reference["state_dict"][f"net.lm.{key}"], rtol=1e-4, atol=1e-5)
+    entry = json.loads((out / "config.json").read_text())["sortednet"]
+    assert entry["exits"] == meta["exits"] and entry["exit_heads"] == meta["exit_heads"]
+    assert entry["objective"] == meta["objective"] and entry["num_layers"] == meta["num_layers"]
+    if meta["exit_heads"]:
+        heads = load_file(out / EXIT_HEADS_FILE)
+        for e in meta["exit_heads"]:
+            expected = reference["state_dict"][f"net.exit_heads.{e}.weight"]
+            torch.testing.assert_close(heads[f"{e}.weight"], expected, rtol=1e-4, atol=1e-5)
+    assert load_sorted(str(out))[2]["num_layers"] == meta["num_layers"]
 
 
 BAD_INPUT = [
@@ -74,6 +130,7 @@ BAD_INPUT = [
     (["strategy=fsdp", "trainer.devices=2", "trainer.precision=16-mixed"], "bf16-mixed"),
     (["strategy=ddp", "trainer.devices=2", "data.batch_size=4", "data.global_batch_size=12"], "not a multiple"),
     (["strategy=no_such"], "no_such"),
+    (["ckpt_path=/"], "is a directory but not a distributed checkpoint"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -11,7 +12,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict, read_write
 
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
@@ -55,15 +56,17 @@ def _world_size(trainer: dict) -> int:
 def configure_strategy(cfg: TrainConfig) -> dict:
     """``cfg.trainer`` with the strategy group applied: Lightning's strategy object, the precision FSDP2
     leaves to Lightning, and gradient accumulation from ``data.global_batch_size``. One-line errors."""
+    from sortednet.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy
+
     trainer = dict(cfg.trainer)
+    # Every single-file checkpoint (single, ddp, fsdp gathered) is written atomically: temp file, fsync, rename.
+    trainer["plugins"] = [*(trainer.get("plugins") or []), AtomicCheckpointIO()]
     name, world = cfg.strategy.name, _world_size(trainer)
     if name not in STRATEGIES:
         raise SortedNetError(f"unknown strategy {name!r}; use strategy={'|'.join(STRATEGIES)}")
     if name == "ddp":
         trainer["strategy"] = "ddp"
     if name == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         if world < 2:
             raise SortedNetError(
                 f"strategy=fsdp shards the model over several devices but trainer.devices={trainer.get('devices')}; "
@@ -76,7 +79,7 @@ def configure_strategy(cfg: TrainConfig) -> dict:
             )
         if precision == "bf16-mixed":  # FSDP2's MixedPrecisionPolicy casts; Lightning must not autocast on top
             trainer["precision"] = "32-true"
-        trainer["strategy"] = ModelParallelStrategy(
+        trainer["strategy"] = AtomicModelParallelStrategy(  # distributed checkpoints: temp dir, then swap
             data_parallel_size=world,
             tensor_parallel_size=1,
             save_distributed_checkpoint=cfg.strategy.save_distributed_checkpoint,
@@ -101,6 +104,74 @@ def _run_name_and_group() -> tuple[str, str | None]:
     return name, None
 
 
+# Set by Lightning's subprocess launcher in the launching process; left over, they would make the next job of
+# a sweep believe its ranks were already started (LOCAL_RANK) or reuse the last job's port.
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
+# Hydra overrides that only mean something to the sweep itself, not to one job's ranks.
+_SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher")
+_SWEEP_ONLY += ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name")
+
+
+def _spawns_ranks(trainer) -> bool:
+    """Whether ``trainer.fit`` will start the other ranks itself by re-running this command line (Lightning's
+    subprocess launcher: ddp/fsdp with several devices and no SLURM/torchrun/... environment that started them)."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    strategy = trainer.strategy
+    environment = getattr(strategy, "cluster_environment", None)
+    return (
+        isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
+        and environment is not None
+        and not environment.creates_processes_externally
+    )
+
+
+@contextlib.contextmanager
+def one_job_ranks(trainer):
+    """Make a multi-process strategy safe inside a local Hydra sweep (``-m``), for the duration of one job.
+
+    Lightning starts ranks 1..N-1 by re-running ``sys.argv`` (plus ``hydra.run.dir=<run dir>``). In a sweep
+    that command line is the whole sweep (``-m exits=[4,8],[2,4,6,8]``), so every rank would run every job.
+    We chose to make it safe rather than refuse, so a one-machine multi-GPU sweep works without a cluster:
+    - ``sys.argv`` becomes this job's own overrides (``HydraConfig.overrides.task``, plus the Hydra overrides
+      that are not about the sweep), without ``-m``: the children run exactly this job, in RUN mode;
+    - Hydra's ``run.dir``, which Lightning hands the children, becomes this job's output directory, so the
+      children's ``run_dir`` is rank 0's (not a stray ``outputs/DATE/TIME``);
+    - after the job: the launcher's environment variables are restored (``LOCAL_RANK`` left set would make the
+      next job skip launching its ranks and wait forever), the children are waited for and the process group
+      is destroyed, so the next job starts from a clean slate.
+    Under a launcher that starts one task per device itself (submitit/SLURM, torchrun), Lightning does not
+    re-launch anything and this is a no-op; so is a single-process run or a non-sweep run.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or not _spawns_ranks(trainer):
+        yield
+        return
+    import torch.distributed as dist
+
+    hydra_cfg = HydraConfig.get()
+    argv, env = list(sys.argv), {key: os.environ.get(key) for key in _LAUNCH_ENV}
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("~+").startswith(_SWEEP_ONLY)]
+    sys.argv = [argv[0], *hydra_cfg.overrides.task, *hydra_overrides]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        run_dir, hydra_cfg.run.dir = hydra_cfg.run.dir, hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = run_dir
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for process in getattr(trainer.strategy.launcher, "procs", []):
+            with contextlib.suppress(Exception):
+                process.wait(timeout=300)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def train(cfg: TrainConfig, resolved: dict) -> None:
     import lightning as L
     import torch
@@ -114,8 +185,8 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
 
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} not found; pass a .ckpt written by an earlier run")
+    if cfg.ckpt_path:
+        _check_resume_path(cfg)
     cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
     trainer_args = configure_strategy(cfg)
     module = build_module(cfg)
@@ -151,10 +222,11 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
             trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         except (TypeError, ValueError) as error:
             raise SortedNetError(f"bad trainer setting: {error}") from error
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        # Validation-time checkpoints can miss the last steps; last.ckpt is always the end of training.
-        trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
-        metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        with one_job_ranks(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            # Validation-time checkpoints can miss the last steps; last.ckpt is always the end of training.
+            trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
+            metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         if trainer.is_global_zero:
             # Greedy answers need the whole model on one rank; sharded weights are gathered only collectively.
             settings = dataclasses.replace(cfg.eval, num_generate=0) if fsdp else cfg.eval
@@ -168,6 +240,19 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
             print(f"logs:        {loggers.describe(logger)}")
     finally:
         loggers.finish(logger)
+
+
+def _check_resume_path(cfg: TrainConfig) -> None:
+    path = Path(cfg.ckpt_path)
+    if path.is_dir():
+        if not (path / "meta.pt").is_file():
+            raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} is a directory but not a distributed checkpoint")
+        if cfg.strategy.name != "fsdp":
+            raise SortedNetError(
+                f"ckpt_path {cfg.ckpt_path!r} is a distributed (sharded) checkpoint; resume it with strategy=fsdp"
+            )
+    elif not path.is_file():
+        raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} not found; pass a .ckpt written by an earlier run")
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")

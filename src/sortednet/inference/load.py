@@ -156,13 +156,25 @@ def _load_exported(path: Path):
     tokenizer = load_tokenizer(str(path))
     k = net.num_layers
     source_exits = [int(e) for e in entry.get("exits") or [k]]
-    # Exits below K would read the head of exit K; only with the shared head is that their own head.
-    exits = [k] if entry.get("exit_heads") else sorted({e for e in source_exits if e <= k} | {k})
+    heads = sorted(int(e) for e in entry.get("exit_heads") or [])
+    if entry.get("exit_heads_file"):  # a consolidated ICT model: its own heads sit beside the weights
+        from safetensors.torch import load_file
+
+        net.add_exit_heads(heads)
+        try:
+            net.exit_heads.load_state_dict(load_file(path / entry["exit_heads_file"]), strict=True)
+        except (OSError, RuntimeError) as error:
+            raise SortedNetError(f"{str(path)!r}: its exit heads file does not match exit_heads={heads}") from error
+        exits = sorted(set(source_exits) | {k})
+    else:
+        # Exits below K would read the head of exit K; only with the shared head is that their own head.
+        heads = []
+        exits = [k] if entry.get("exit_heads") else sorted({e for e in source_exits if e <= k} | {k})
     meta = {
         "objective": entry.get("objective"),
         "exits": exits,
         "num_layers": k,
-        "exit_heads": [],
+        "exit_heads": heads,
         "hf_config": lm.config.to_dict(),
         "model": str(path),
         "tokenizer": str(path),

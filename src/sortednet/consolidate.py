@@ -1,0 +1,204 @@
+"""`python -m sortednet.consolidate ckpt=PATH out=DIR [dtype=float32|bfloat16|float16]`: a training checkpoint
+as one Hugging Face model directory, on CPU.
+
+``ckpt`` is either a single-file ``.ckpt`` of ``sortednet.train`` (``strategy=single|ddp``, or ``fsdp`` with
+``strategy.save_distributed_checkpoint=false``) or a distributed checkpoint directory of ``strategy=fsdp``
+(one ``.distcp`` shard per rank, ``.metadata``, and Lightning's ``meta.pt``); the shards are read and
+stitched in this one process, with no process group and no GPU, whatever the world size that wrote them.
+
+DIR gets the whole sorted model (all L layers, the shared norm and LM head) in safetensors, the tokenizer,
+the prompt template as ``prompt_style.json`` and a ``sortednet`` entry in ``config.json``: ``exit`` (= L),
+``num_layers``, ``exits``, ``exit_heads``, ``objective``, ``prompt_style``, ``model``, ``tokenizer``,
+``global_step``, ``source`` and ``consolidated: true``. ``AutoModelForCausalLM.from_pretrained(DIR)`` loads
+it with no sortednet code, and so does ``sortednet.inference.load.load_sorted`` (every exit of the set, read
+through the shared head). ICT exit heads (their own matrices) are written beside it as
+``exit_heads.safetensors`` (keys ``<exit>.weight``, as in ``SortedLM.exit_heads``) and named in the entry's
+``exit_heads_file``; ``from_pretrained`` ignores that file, and ``load_sorted`` does not read it yet, so from
+a consolidated ICT model it serves the full model (exit L) only — use the ``.ckpt`` (or ``sortednet.export``
+for a given exit) to decode with the ICT heads.
+
+DIR is built in a temporary sibling and renamed into place; an existing non-empty DIR is refused.
+
+ckpt      a .ckpt file or a distributed checkpoint directory written by sortednet.train
+out       the directory to create (absent or empty)
+dtype     the weights' dtype in DIR (default: as stored in the checkpoint)
+cache_dir where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sortednet import cli
+from sortednet.errors import SortedNetError
+from sortednet.export import _check_out_free, _write_new_dir
+from sortednet.hub import DTYPES
+from sortednet.inference.load import PROMPT_STYLE_FILE, REQUIRED_META, prompt_style_of
+
+EXIT_HEADS_FILE = "exit_heads.safetensors"
+META_FILE = "meta.pt"  # Lightning's non-tensor part of a distributed checkpoint
+
+
+@dataclass
+class ConsolidateConfig:
+    ckpt: str = ""
+    out: str = ""
+    dtype: str | None = None
+    cache_dir: str | None = None
+
+
+def read_sorted_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state_dict, metadata)`` of a sortednet checkpoint — a ``.ckpt`` file or a distributed checkpoint
+    directory — on the CPU, full (unsharded) tensors; a one-line error for anything else."""
+    path = Path(ckpt).expanduser()
+    if path.is_file():
+        from sortednet.module import read_checkpoint
+
+        checkpoint = read_checkpoint(str(path))
+        return checkpoint["state_dict"], {**checkpoint["sortednet"], "global_step": checkpoint.get("global_step")}
+    if not path.is_dir():
+        raise SortedNetError(f"checkpoint {ckpt!r} not found; pass ckpt=PATH (a .ckpt or a checkpoint directory)")
+    if not (path / META_FILE).is_file() or not (path / ".metadata").is_file():
+        what = "a Hugging Face model directory" if (path / "config.json").is_file() else "a directory"
+        raise SortedNetError(
+            f"{ckpt!r} is {what}, not a distributed checkpoint of sortednet.train (no {META_FILE} and .metadata); "
+            f"pass a .ckpt or a checkpoint directory from a strategy=fsdp run"
+        )
+    try:
+        extra = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise SortedNetError(f"{str(path / META_FILE)!r} is not readable ({type(error).__name__})") from error
+    if not isinstance(extra, dict) or "sortednet" not in extra:
+        raise SortedNetError(f"{ckpt!r} has no sortednet metadata; pass a checkpoint written by sortednet.train")
+    try:
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+        # Only the model: the optimizer states (2-3x the weights) are never read. No process group needed.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            state = _load_state_dict_from_keys({"state_dict"}, checkpoint_id=str(path))["state_dict"]
+    except Exception as error:
+        raise SortedNetError(
+            f"cannot read the shards of {ckpt!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        ) from error
+    return state, {**extra["sortednet"], "global_step": extra.get("global_step")}
+
+
+def build_model(state: dict[str, torch.Tensor], meta: dict, source: str, dtype: torch.dtype | None = None):
+    """``(causal LM, exit-head state)`` from a checkpoint's state dict and metadata, strictly checked."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sortednet.inference.load import _no_init
+
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise SortedNetError(f"{source!r} has incomplete sortednet metadata (no {', '.join(missing)})")
+    lm_state = {k[len("net.lm.") :]: v for k, v in state.items() if k.startswith("net.lm.")}
+    heads = {k[len("net.exit_heads.") :]: v for k, v in state.items() if k.startswith("net.exit_heads.")}
+    if not lm_state:
+        raise SortedNetError(f"{source!r} holds no model weights (net.lm.*); pass a checkpoint of sortednet.train")
+    hf_config = dict(meta["hf_config"])
+    model_type = hf_config.pop("model_type", None)
+    if not model_type:
+        raise SortedNetError(f"{source!r}: its stored Hugging Face config has no model_type")
+    stored = next(iter(lm_state.values())).dtype
+    try:
+        config = AutoConfig.for_model(model_type, **hf_config)
+        with _no_init():
+            lm = AutoModelForCausalLM.from_config(config, dtype=stored)
+    except (ValueError, KeyError) as error:
+        raise SortedNetError(f"{source!r}: cannot build its model type {model_type!r} ({error})") from error
+    try:
+        lm.load_state_dict(lm_state, strict=True)
+    except RuntimeError as error:
+        raise SortedNetError(
+            f"{source!r}: its weights are not those of the model its metadata describes "
+            f"({str(error).splitlines()[0]}); is it from a different model?"
+        ) from error
+    layers = getattr(lm.config, "num_hidden_layers", None)
+    if layers != meta["num_layers"]:
+        raise SortedNetError(f"{source!r}: the metadata says {meta['num_layers']} layers, its config {layers}")
+    expected = {str(e) for e in meta.get("exit_heads") or []}
+    if {k.split(".", 1)[0] for k in heads} != expected:
+        raise SortedNetError(
+            f"{source!r}: its exit-head weights do not match its metadata (exit_heads={meta.get('exit_heads')})"
+        )
+    if dtype is not None:
+        lm.to(dtype)
+        heads = {k: v.to(dtype) for k, v in heads.items()}
+    return lm.eval(), {k: v.contiguous() for k, v in heads.items()}
+
+
+def consolidate(cfg: ConsolidateConfig) -> Path:
+    """Write ``cfg.ckpt`` as a Hugging Face model directory ``cfg.out``; returns the directory."""
+    if not cfg.ckpt:
+        raise SortedNetError("no checkpoint given; pass ckpt=PATH (a .ckpt or a distributed checkpoint directory)")
+    if not cfg.out:
+        raise SortedNetError("no output directory given; pass out=DIR (a new or empty directory)")
+    if cfg.dtype is not None and cfg.dtype not in DTYPES:
+        raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
+    out = Path(cfg.out).expanduser().absolute()
+    _check_out_free(out)
+    source = str(Path(cfg.ckpt).expanduser().absolute())
+    state, meta = read_sorted_checkpoint(cfg.ckpt)
+    lm, heads = build_model(state, meta, cfg.ckpt, DTYPES[cfg.dtype] if cfg.dtype else None)
+    del state
+    from sortednet.hub import load_tokenizer
+
+    tokenizer = load_tokenizer(meta["tokenizer"], cfg.cache_dir)
+    num_layers = meta["num_layers"]
+    style = prompt_style_of(meta)
+    lm.config.sortednet = {
+        "source": source,
+        "exit": num_layers,
+        "num_layers": num_layers,
+        "exits": [int(e) for e in meta["exits"]],
+        "exit_heads": sorted(int(e) for e in meta.get("exit_heads") or []),
+        "exit_heads_file": EXIT_HEADS_FILE if heads else None,
+        "objective": meta.get("objective"),
+        "prompt_style": meta.get("prompt_style", "alpaca"),
+        "model": meta.get("model"),
+        "tokenizer": meta["tokenizer"],
+        "global_step": meta.get("global_step"),
+        "consolidated": True,
+    }
+
+    def write(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        lm.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        template = {"name": lm.config.sortednet["prompt_style"], **dataclasses.asdict(style)}
+        (tmp / PROMPT_STYLE_FILE).write_text(json.dumps(template, indent=2) + "\n")
+        if heads:
+            save_file(heads, str(tmp / EXIT_HEADS_FILE), metadata={"format": "pt", "sortednet": "exit_heads"})
+        if any(p.suffix in (".bin", ".pt", ".pth") for p in tmp.iterdir()):
+            raise RuntimeError("save_pretrained wrote pickled weights; expected safetensors only")
+
+    _write_new_dir(out, write)
+    params = sum(p.numel() for p in lm.parameters())
+    extra = f", ICT heads {sorted(int(e) for e in meta['exit_heads'])} in {EXIT_HEADS_FILE}" if heads else ""
+    print(
+        f"{source} ({meta.get('objective')}, {num_layers} layers, exits {list(meta['exits'])}, "
+        f"{params / 1e6:.2f}M parameters, {lm.dtype}{extra}) -> {out}"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run(cfg: ConsolidateConfig) -> None:
+        cli.quiet_transformers()
+        consolidate(cfg)
+
+    return cli.run(run, ConsolidateConfig, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,7 +40,7 @@ from sortednet import cli
 from sortednet.errors import SortedNetError
 from sortednet.export import _check_out_free, _write_new_dir
 from sortednet.hub import DTYPES
-from sortednet.inference.load import PROMPT_STYLE_FILE, REQUIRED_META, prompt_style_of
+from sortednet.inference.load import PROMPT_STYLE_FILE, build_model, prompt_style_of
 
 EXIT_HEADS_FILE = "exit_heads.safetensors"
 META_FILE = "meta.pt"  # Lightning's non-tensor part of a distributed checkpoint
@@ -89,51 +89,6 @@ def read_sorted_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], dict]:
             f"cannot read the shards of {ckpt!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
         ) from error
     return state, {**extra["sortednet"], "global_step": extra.get("global_step")}
-
-
-def build_model(state: dict[str, torch.Tensor], meta: dict, source: str, dtype: torch.dtype | None = None):
-    """``(causal LM, exit-head state)`` from a checkpoint's state dict and metadata, strictly checked."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from sortednet.inference.load import _no_init
-
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise SortedNetError(f"{source!r} has incomplete sortednet metadata (no {', '.join(missing)})")
-    lm_state = {k[len("net.lm.") :]: v for k, v in state.items() if k.startswith("net.lm.")}
-    heads = {k[len("net.exit_heads.") :]: v for k, v in state.items() if k.startswith("net.exit_heads.")}
-    if not lm_state:
-        raise SortedNetError(f"{source!r} holds no model weights (net.lm.*); pass a checkpoint of sortednet.train")
-    hf_config = dict(meta["hf_config"])
-    model_type = hf_config.pop("model_type", None)
-    if not model_type:
-        raise SortedNetError(f"{source!r}: its stored Hugging Face config has no model_type")
-    stored = next(iter(lm_state.values())).dtype
-    try:
-        config = AutoConfig.for_model(model_type, **hf_config)
-        with _no_init():
-            lm = AutoModelForCausalLM.from_config(config, dtype=stored)
-    except (ValueError, KeyError) as error:
-        raise SortedNetError(f"{source!r}: cannot build its model type {model_type!r} ({error})") from error
-    try:
-        lm.load_state_dict(lm_state, strict=True)
-    except RuntimeError as error:
-        raise SortedNetError(
-            f"{source!r}: its weights are not those of the model its metadata describes "
-            f"({str(error).splitlines()[0]}); is it from a different model?"
-        ) from error
-    layers = getattr(lm.config, "num_hidden_layers", None)
-    if layers != meta["num_layers"]:
-        raise SortedNetError(f"{source!r}: the metadata says {meta['num_layers']} layers, its config {layers}")
-    expected = {str(e) for e in meta.get("exit_heads") or []}
-    if {k.split(".", 1)[0] for k in heads} != expected:
-        raise SortedNetError(
-            f"{source!r}: its exit-head weights do not match its metadata (exit_heads={meta.get('exit_heads')})"
-        )
-    if dtype is not None:
-        lm.to(dtype)
-        heads = {k: v.to(dtype) for k, v in heads.items()}
-    return lm.eval(), {k: v.contiguous() for k, v in heads.items()}
 
 
 def consolidate(cfg: ConsolidateConfig) -> Path:

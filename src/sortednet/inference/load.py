@@ -67,60 +67,62 @@ def _no_init():
     return no_init_weights()
 
 
-def _load_lightning(path: Path, cache_dir):
+def build_model(state: dict[str, torch.Tensor], meta: dict, source: str, dtype: torch.dtype | None = None):
+    """``(causal LM, exit-head state)`` from a sortednet checkpoint's state dict and metadata, strictly
+    checked: the model is built from the stored Hugging Face config, so no training config is needed."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise SortedNetError(f"{source!r} has incomplete sortednet metadata (no {', '.join(missing)})")
+    lm_state = {k[len("net.lm.") :]: v for k, v in state.items() if k.startswith("net.lm.")}
+    heads = {k[len("net.exit_heads.") :]: v for k, v in state.items() if k.startswith("net.exit_heads.")}
+    if not lm_state:
+        raise SortedNetError(f"{source!r} holds no model weights (net.lm.*); pass a checkpoint of sortednet.train")
+    hf_config = dict(meta["hf_config"])
+    model_type = hf_config.pop("model_type", None)
+    if not model_type:
+        raise SortedNetError(f"{source!r}: its stored Hugging Face config has no model_type")
+    stored = next(iter(lm_state.values())).dtype
+    try:
+        config = AutoConfig.for_model(model_type, **hf_config)
+        with _no_init():
+            lm = AutoModelForCausalLM.from_config(config, dtype=stored)
+    except (ValueError, KeyError) as error:
+        raise SortedNetError(f"{source!r}: cannot build its model type {model_type!r} ({error})") from error
+    try:
+        lm.load_state_dict(lm_state, strict=True)
+    except RuntimeError as error:
+        raise SortedNetError(
+            f"{source!r}: its weights are not those of the model its metadata describes "
+            f"({str(error).splitlines()[0]}); is it from a different model?"
+        ) from error
+    layers = getattr(lm.config, "num_hidden_layers", None)
+    if layers != meta["num_layers"]:
+        raise SortedNetError(f"{source!r}: the metadata says {meta['num_layers']} layers, its config {layers}")
+    expected = {str(e) for e in meta.get("exit_heads") or []}
+    if {k.split(".", 1)[0] for k in heads} != expected:
+        raise SortedNetError(
+            f"{source!r}: its exit-head weights do not match its metadata (exit_heads={meta.get('exit_heads')})"
+        )
+    if dtype is not None:
+        lm.to(dtype)
+        heads = {k: v.to(dtype) for k, v in heads.items()}
+    return lm.eval(), {k: v.contiguous() for k, v in heads.items()}
+
+
+def _load_lightning(path: Path, cache_dir):
     from sortednet.hub import load_tokenizer
     from sortednet.module import read_checkpoint
 
     checkpoint = read_checkpoint(str(path))
     meta = dict(checkpoint["sortednet"])
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise SortedNetError(
-            f"{str(path)!r} has incomplete sortednet metadata (no {', '.join(missing)}); "
-            f"pass a checkpoint written by sortednet.train"
-        )
-    state = checkpoint["state_dict"]
-    lm_state = {k[len("net.lm.") :]: v for k, v in state.items() if k.startswith("net.lm.")}
-    head_state = {k[len("net.exit_heads.") :]: v for k, v in state.items() if k.startswith("net.exit_heads.")}
-    if not lm_state:
-        raise SortedNetError(f"{str(path)!r} holds no model weights (net.lm.*); pass a checkpoint of sortednet.train")
-    hf_config = dict(meta["hf_config"])
-    model_type = hf_config.pop("model_type", None)
-    if not model_type:
-        raise SortedNetError(f"{str(path)!r}: its stored Hugging Face config has no model_type")
-    dtype = next(iter(lm_state.values())).dtype
-    try:
-        config = AutoConfig.for_model(model_type, **hf_config)
-        with _no_init():
-            lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    except (ValueError, KeyError) as error:
-        raise SortedNetError(
-            f"{str(path)!r}: cannot build its model type {model_type!r} with this transformers ({error})"
-        ) from error
-    try:
-        lm.load_state_dict(lm_state, strict=True)
-    except RuntimeError as error:
-        raise SortedNetError(
-            f"{str(path)!r}: its weights do not fit its own stored config ({str(error).splitlines()[0]})"
-        ) from error
+    lm, head_state = build_model(checkpoint["state_dict"], meta, str(path))
     net = SortedLM(lm)
-    if meta["num_layers"] != net.num_layers:
-        raise SortedNetError(
-            f"{str(path)!r}: the metadata says {meta['num_layers']} layers, the stored config {net.num_layers}"
-        )
     heads = sorted(int(e) for e in meta.get("exit_heads") or [])
     if heads:
         net.add_exit_heads(heads)
-        try:
-            net.exit_heads.load_state_dict(head_state, strict=True)
-        except RuntimeError as error:
-            raise SortedNetError(
-                f"{str(path)!r}: its exit heads do not match its metadata (exit_heads={heads})"
-            ) from error
-    elif head_state:
-        raise SortedNetError(f"{str(path)!r} holds exit-head weights but its metadata lists no exit_heads")
+        net.exit_heads.load_state_dict(head_state, strict=True)
     meta["exit_heads"] = heads
     tokenizer = load_tokenizer(meta["tokenizer"], cache_dir)
     return net, tokenizer, meta

@@ -125,6 +125,17 @@ def _assert_consolidates_to(sharded_run: Path, single_run: Path, out: Path) -> N
     assert load_sorted(str(out))[2]["num_layers"] == meta["num_layers"]
 
 
+@pytest.mark.slow
+def test_fsdp_on_one_device_only_when_allowed_and_then_matches_single(tmp_path, cache_dir, twelve_rows):
+    data = f"data.path={twelve_rows}"
+    one_device = ["strategy=fsdp", "trainer.accelerator=cpu", "data.batch_size=8"]
+    refused = run_cli(tmp_path, "refused", data, *COMMON, *one_device)
+    assert refused.returncode != 0 and "strategy.allow_single_device=true" in refused.stderr
+    _ok(run_cli(tmp_path, "single", data, *COMMON, *SINGLE))
+    _ok(run_cli(tmp_path, "fsdp1", data, *COMMON, *one_device, "strategy.allow_single_device=true"))
+    _assert_same_losses(_train_losses(tmp_path / "single"), _train_losses(tmp_path / "fsdp1"), 3)
+
+
 BAD_INPUT = [
     (["strategy=fsdp"], "strategy=fsdp shards the model over several devices"),
     (["strategy=fsdp", "trainer.devices=2", "trainer.precision=16-mixed"], "bf16-mixed"),

@@ -11,20 +11,23 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 
 class TokenThroughput(L.Callback):
     """Logs ``train/tokens_per_s`` (non-padding), ``train/response_tokens_per_s`` (label positions),
-    ``train/tflops_per_s`` and ``train/mfu`` per device, over a sliding window of ``window`` steps.
+    ``train/tflops_per_s`` and ``train/mfu`` per device (and ``train/max_memory_gib`` on CUDA), over a sliding
+    window of ``window`` steps.
 
     FLOPs come from the module's ``flops_per_batch`` (analytic, :mod:`sortednet.flops`); the peak is the
     device's known figure (Lightning's table for CUDA GPUs) or ``peak_tflops`` when given — on a CPU there is
     no table, so MFU is logged only with ``peak_tflops``.
     """
 
-    def __init__(self, window: int = 20, peak_tflops: float | None = None):
+    def __init__(self, window: int = 20, peak_tflops: float | None = None, compute_dtype: str = "float32"):
         self.window, self.peak_tflops = window, peak_tflops
+        self.compute_dtype = getattr(torch, compute_dtype)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         peak = self.peak_tflops * 1e12 if self.peak_tflops else None
         if peak is None and trainer.strategy.root_device.type == "cuda":
-            peak = get_available_flops(trainer.strategy.root_device, next(pl_module.parameters()).dtype)
+            # Under mixed precision the weights are fp32 but the matmuls run in bf16: the peak is the bf16 one.
+            peak = get_available_flops(trainer.strategy.root_device, self.compute_dtype)
         self.tokens = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window)
         self.response = Throughput(world_size=trainer.world_size, window_size=self.window)
         self.counts = {"batches": 0, "samples": 0, "tokens": 0, "labels": 0}
@@ -53,6 +56,8 @@ class TokenThroughput(L.Callback):
             "train/tflops_per_s": tokens.get("device/flops_per_sec", 0) / 1e12 or None,
             "train/mfu": tokens.get("device/mfu"),
         }
+        if trainer.strategy.root_device.type == "cuda":
+            metrics["train/max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         metrics = {k: v for k, v in metrics.items() if v is not None}
         if metrics:
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])

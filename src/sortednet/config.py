@@ -9,6 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on the decoder's linears (``sortednet.lora``); rank 0 = full fine-tuning."""
+
+    rank: int = 0
+    """Adapter rank; 0 trains every weight (the paper), >= 1 trains adapters only (LoRA; QLoRA with nf4)."""
+    alpha: float = 16.0
+    """The update is scaled by alpha / rank."""
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Names of the decoder layers' linears that get adapters (all attention and MLP projections by default)."""
+
 
 @dataclass
 class ModelConfig:
@@ -18,6 +33,10 @@ class ModelConfig:
     """Tokenizer hub id or directory; defaults to ``name_or_path``."""
     dtype: str = "float32"
     """Weights' dtype when loaded: float32, bfloat16 or float16 (mixed precision is ``trainer.precision``)."""
+    quantization: str | None = None
+    """nf4: load the base weights in 4 bits (bitsandbytes, CUDA only) and train adapters on them (QLoRA;
+    needs ``lora.rank`` >= 1). null: weights in ``dtype``."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
     architecture: dict[str, Any] | None = None
     """The checkpoint's Hugging Face config, for building it on the meta device without downloading
     (config tests and memory plans). Training always loads ``name_or_path``."""
@@ -85,6 +104,9 @@ class StrategyConfig:
     """Recompute each decoder layer's activations in the backward pass (any strategy)."""
     save_distributed_checkpoint: bool = True
     """fsdp: each rank writes its shard (a checkpoint directory); false gathers one file on rank 0."""
+    allow_single_device: bool = False
+    """fsdp: also run on one device (the sharded code path for smoke tests and single-GPU benchmarks; one rank
+    holds everything, so it saves no memory)."""
 
 
 @dataclass

@@ -103,7 +103,7 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
     _check_out_free(out)
     source = str(Path(cfg.ckpt).expanduser().absolute())
     state, meta = read_sorted_checkpoint(cfg.ckpt)
-    lm, heads = build_model(state, meta, cfg.ckpt, DTYPES[cfg.dtype] if cfg.dtype else None)
+    lm, heads = build_model(state, meta, cfg.ckpt, DTYPES[cfg.dtype] if cfg.dtype else None, cfg.cache_dir)
     del state
     from sortednet.hub import load_tokenizer
 

@@ -79,15 +79,27 @@ def load_tokenizer(name_or_path: str, cache_dir=None):
         raise _not_found(path, "tokenizer", error) from error
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None):
-    """A causal LM from a hub id or a local directory (``from_pretrained``, weights included)."""
+def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None, quantization: str | None = None):
+    """A causal LM from a hub id or a local directory (``from_pretrained``, weights included).
+
+    ``quantization="nf4"`` loads the decoder's linears in 4 bits on this process's CUDA device (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise SortedNetError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     path = resolve(name_or_path, "model", cache_dir)
+    extra = {}
+    if quantization is not None:
+        from sortednet.lora import check_quantization, nf4_config
+
+        check_quantization(quantization, 1, torch.cuda.is_available())
+        compute = DTYPES[dtype] if DTYPES[dtype] != torch.float32 else torch.bfloat16
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        extra = dict(quantization_config=nf4_config(compute), device_map={"": device})
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=_local_only(path))
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], local_files_only=_local_only(path), **extra
+        )
     except (OSError, ValueError) as error:
         raise _not_found(path, "model", error) from error
 

@@ -18,6 +18,7 @@ from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
 from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
+from sortednet.lora import add_lora_, lora_state
 from sortednet.loss import label_positions, multi_exit_loss
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
 from sortednet.schedule import ExitSchedule
@@ -63,6 +64,8 @@ class SortedModule(L.LightningModule):
         super().__init__()
         if objective.name not in OBJECTIVES:
             raise SortedNetError(f"unknown objective {objective.name!r}; use objective={'|'.join(OBJECTIVES)}")
+        if model.lora.rank and objective.name == "ict":
+            raise SortedNetError("objective=ict trains exit heads on a frozen decoder; drop model.lora.rank")
         if objective.name == "ict" and not objective.init_from:
             raise SortedNetError(
                 "objective=ict starts from an SFT checkpoint: pass objective.init_from=PATH.ckpt "
@@ -83,6 +86,8 @@ class SortedModule(L.LightningModule):
             }
         )
         self.net: SortedLM | None = None
+        # A LoRA checkpoint holds the adapters only; resuming loads them over the freshly loaded base model.
+        self.strict_loading = not model.lora.rank
 
     # ---------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -102,7 +107,8 @@ class SortedModule(L.LightningModule):
         self.setup_net(causal_lm)
 
     def _loaded_causal_lm(self) -> torch.nn.Module:
-        causal_lm = load_causal_lm(self.model_config.name_or_path, self.model_config.dtype, self.cache_dir)
+        model = self.model_config
+        causal_lm = load_causal_lm(model.name_or_path, model.dtype, self.cache_dir, model.quantization)
         if self.objective.name == "ict":
             load_sorted_checkpoint(SortedLM(causal_lm), self.objective.init_from)
         return causal_lm
@@ -119,6 +125,8 @@ class SortedModule(L.LightningModule):
         if self.objective.name == "ict":
             net.requires_grad_(False)
             net.add_exit_heads(exits)
+        if self.model_config.lora.rank:  # adapters only: the base weights, shared norm and head stay frozen
+            add_lora_(causal_lm, self.model_config.lora)
         if self.activation_checkpointing:  # per decoder layer; non-reentrant, so FSDP2 hooks stay in order
             causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return net, exits
@@ -179,10 +187,14 @@ class SortedModule(L.LightningModule):
             "model": self.model_config.name_or_path,
             "tokenizer": self.model_config.tokenizer or self.model_config.name_or_path,
             "prompt_style": self.prompt_style,
+            "lora": dataclasses.asdict(self.model_config.lora) if self.model_config.lora.rank else None,
+            "quantization": self.model_config.quantization,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["sortednet"] = self.metadata()
+        if self.model_config.lora.rank:  # the frozen base is model.name_or_path; store what was trained
+            checkpoint["state_dict"] = lora_state(self)
 
     # ---------------------------------------------------------------- steps
     def _losses(self, batch: dict, exits, weights=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:

@@ -67,10 +67,11 @@ def configure_strategy(cfg: TrainConfig) -> dict:
     if name == "ddp":
         trainer["strategy"] = "ddp"
     if name == "fsdp":
-        if world < 2:
+        if world < 2 and not cfg.strategy.allow_single_device:
             raise SortedNetError(
                 f"strategy=fsdp shards the model over several devices but trainer.devices={trainer.get('devices')}; "
-                f"set trainer.devices=N (N >= 2) or use strategy=single"
+                f"set trainer.devices=N (N >= 2), use strategy=single, or add strategy.allow_single_device=true "
+                f"to run the sharded code path on one device"
             )
         precision = str(trainer.get("precision", "32-true"))
         if precision not in ("32-true", "bf16-true", "bf16-mixed"):
@@ -84,6 +85,8 @@ def configure_strategy(cfg: TrainConfig) -> dict:
             tensor_parallel_size=1,
             save_distributed_checkpoint=cfg.strategy.save_distributed_checkpoint,
         )
+    if cfg.model.lora.rank or cfg.model.quantization is not None:
+        _check_adapters(cfg, name, str(trainer.get("accelerator", "auto")))
     global_batch = cfg.data.global_batch_size
     if global_batch is not None:
         per_step = cfg.data.batch_size * world
@@ -94,6 +97,18 @@ def configure_strategy(cfg: TrainConfig) -> dict:
             )
         trainer["accumulate_grad_batches"] = global_batch // per_step
     return trainer
+
+
+def _check_adapters(cfg: TrainConfig, strategy: str, accelerator: str) -> None:
+    """LoRA / QLoRA settings that cannot run: one-line errors before anything is loaded."""
+    import torch
+
+    from sortednet.lora import check_quantization
+
+    cuda = torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto")
+    check_quantization(cfg.model.quantization, cfg.model.lora.rank, cuda)
+    if strategy == "fsdp":
+        raise SortedNetError("model.lora runs with strategy=single|ddp; FSDP2 sharding of adapters is not supported")
 
 
 def _run_name_and_group() -> tuple[str, str | None]:
@@ -172,6 +187,17 @@ def one_job_ranks(trainer):
             dist.destroy_process_group()
 
 
+def _compute_dtype(cfg: TrainConfig) -> str:
+    """The dtype matrix products run in (for the device's peak FLOP/s in MFU): bf16/fp16 under mixed or true
+    half precision (FSDP2's policy included), else the weights' dtype."""
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision.startswith("bf16"):
+        return "bfloat16"
+    if precision.startswith("16"):
+        return "float16"
+    return cfg.model.dtype
+
+
 def train(cfg: TrainConfig, resolved: dict) -> None:
     import lightning as L
     import torch
@@ -216,7 +242,8 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
     )
     callbacks = [checkpoints, RichProgressBar()]
     if logger:
-        callbacks += [LearningRateMonitor(logging_interval="step"), TokenThroughput(**vars(cfg.throughput))]
+        throughput = TokenThroughput(**vars(cfg.throughput), compute_dtype=_compute_dtype(cfg))
+        callbacks += [LearningRateMonitor(logging_interval="step"), throughput]
     try:
         try:
             trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))

@@ -27,12 +27,12 @@ CACHE_FORMAT = 1  # bump when the tokenized columns change
 
 
 def read_rows(path: str) -> list[dict]:
-    """Rows of an Alpaca-format ``.json`` (a list) or ``.jsonl`` file, or of a hub data set's train split."""
+    """Rows of a ``.json`` (a list, or JSON Lines) or ``.jsonl`` file, or of a hub data set's train split."""
     file = Path(path).expanduser()
     if file.is_file():
         text = file.read_text(encoding="utf-8")
         try:
-            if file.suffix == ".jsonl":
+            if file.suffix == ".jsonl" or _holds_json_lines(text):
                 rows = []
                 for number, line in enumerate(text.splitlines(), 1):
                     if line.strip():
@@ -55,6 +55,15 @@ def read_rows(path: str) -> list[dict]:
     if path.startswith((".", "/", "~")) or path.endswith((".json", ".jsonl")) or path.count("/") > 1:
         raise SortedNetError(f"data file {path!r} not found; pass data.path=FILE.json|FILE.jsonl or a hub id")
     return _read_hub_rows(path)
+
+
+def _holds_json_lines(text: str) -> bool:
+    """Whether a ``.json`` file holds one JSON document a line, as ``datasets``' ``to_json`` writes by default."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return error.msg == "Extra data"
+    return False
 
 
 def _read_hub_rows(hub_id: str) -> list[dict]:
@@ -153,7 +162,9 @@ def load_tokenized(
     settings = dict(prompt_style=prompt_style, max_length=max_length, mask_prompt=mask_prompt)
     target = Path(cache_dir) / "tokenized" / _fingerprint(path, tokenizer, **settings)
     if not target.exists():
-        rows = check_rows(read_rows(path), path)
+        from sortednet.data.triviaqa import training_rows
+
+        rows = check_rows(training_rows(path), path)
         dataset = datasets.Dataset.from_dict(tokenize_rows(rows, tokenizer, **settings))
         write_dir_atomically(target, lambda tmp: dataset.save_to_disk(str(tmp)))
     return datasets.load_from_disk(str(target))

@@ -34,7 +34,14 @@ ALPACA = PromptStyle(
     ),
 )
 
-PROMPT_STYLES: dict[str, PromptStyle] = {"alpaca": ALPACA}
+# Closed-book question answering (TriviaQA). The answer follows "Answer:" after a space that belongs to the answer
+# (the training target is " " + answer), so the prompt's tokens are a prefix of the example's tokens.
+TRIVIAQA = PromptStyle(
+    with_input="{input}\n\nQuestion: {instruction}\nAnswer:",
+    without_input="Question: {instruction}\nAnswer:",
+)
+
+PROMPT_STYLES: dict[str, PromptStyle] = {"alpaca": ALPACA, "triviaqa": TRIVIAQA}
 
 
 def get_prompt_style(name: str) -> PromptStyle:

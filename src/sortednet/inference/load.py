@@ -67,19 +67,25 @@ def _no_init():
     return no_init_weights()
 
 
-def build_model(state: dict[str, torch.Tensor], meta: dict, source: str, dtype: torch.dtype | None = None):
+def build_model(
+    state: dict[str, torch.Tensor], meta: dict, source: str, dtype: torch.dtype | None = None, cache_dir=None
+):
     """``(causal LM, exit-head state)`` from a sortednet checkpoint's state dict and metadata, strictly
-    checked: the model is built from the stored Hugging Face config, so no training config is needed."""
+    checked: the model is built from the stored Hugging Face config, so no training config is needed.
+    A LoRA checkpoint's adapters are merged into its base model (``model``, loaded from the hub or disk)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise SortedNetError(f"{source!r} has incomplete sortednet metadata (no {', '.join(missing)})")
     lm_state = {k[len("net.lm.") :]: v for k, v in state.items() if k.startswith("net.lm.")}
+    if meta.get("lora"):
+        lm_state = _merged_lora_state(lm_state, meta, source, cache_dir)
     heads = {k[len("net.exit_heads.") :]: v for k, v in state.items() if k.startswith("net.exit_heads.")}
     if not lm_state:
         raise SortedNetError(f"{source!r} holds no model weights (net.lm.*); pass a checkpoint of sortednet.train")
     hf_config = dict(meta["hf_config"])
+    hf_config.pop("quantization_config", None)  # a QLoRA run's base was loaded in 4 bits; served unquantized
     model_type = hf_config.pop("model_type", None)
     if not model_type:
         raise SortedNetError(f"{source!r}: its stored Hugging Face config has no model_type")
@@ -111,13 +117,32 @@ def build_model(state: dict[str, torch.Tensor], meta: dict, source: str, dtype: 
     return lm.eval(), {k: v.contiguous() for k, v in heads.items()}
 
 
+def _merged_lora_state(adapters: dict, meta: dict, source: str, cache_dir) -> dict[str, torch.Tensor]:
+    """The base model's weights (``meta["model"]``, loaded in fp32) with a LoRA checkpoint's adapters merged."""
+    from sortednet.config import LoraConfig
+    from sortednet.hub import load_causal_lm
+    from sortednet.lora import add_lora_, lora_state, merge_lora_
+
+    lm = load_causal_lm(meta["model"], "float32", cache_dir)
+    add_lora_(lm, LoraConfig(**meta["lora"]))
+    expected = set(lora_state(lm))
+    if set(adapters) != expected:
+        raise SortedNetError(
+            f"{source!r}: its adapters do not fit the base model {meta['model']!r} "
+            f"({len(set(adapters) & expected)} of {len(expected)} adapter weights match); is the base the same?"
+        )
+    lm.load_state_dict(adapters, strict=False)
+    merge_lora_(lm)
+    return lm.state_dict()
+
+
 def _load_lightning(path: Path, cache_dir):
     from sortednet.hub import load_tokenizer
     from sortednet.module import read_checkpoint
 
     checkpoint = read_checkpoint(str(path))
     meta = dict(checkpoint["sortednet"])
-    lm, head_state = build_model(checkpoint["state_dict"], meta, str(path))
+    lm, head_state = build_model(checkpoint["state_dict"], meta, str(path), cache_dir=cache_dir)
     net = SortedLM(lm)
     heads = sorted(int(e) for e in meta.get("exit_heads") or [])
     if heads:

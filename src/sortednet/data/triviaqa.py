@@ -1,0 +1,142 @@
+"""TriviaQA for closed-book question answering: reading, checking, and the question → answer training rows.
+
+Two row layouts are read, from a ``.json`` (a list, or JSON Lines as ``datasets``' ``to_json`` writes them)
+or ``.jsonl`` file:
+
+- the Hugging Face ``trivia_qa`` layout (configs ``rc.nocontext``, ``unfiltered.nocontext``, ...): ``question``
+  and ``answer`` = ``{"value": ..., "aliases": [...], "normalized_aliases": [...], ...}``;
+- a plain one: ``question`` and ``answers`` = a list of strings, the first being the training target.
+
+A hub id (``mandarjoshi/trivia_qa``) is loaded with ``datasets.load_dataset`` when the hub is reachable.
+Every source becomes *records* ``{"question", "answers", "id"}``: ``answers`` lists the accepted answers, the
+training target first (the HF layout's ``value``, then its aliases); ``id`` is the ``question_id`` or ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sortednet.data.alpaca import read_rows
+from sortednet.errors import SortedNetError
+
+DEFAULT_HUB_ID = "mandarjoshi/trivia_qa"
+DEFAULT_CONFIG = "unfiltered.nocontext"
+"""The hub config read for a hub id: unique questions, no evidence documents (closed book)."""
+
+
+def _is_local(path: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else is meant as a file.
+    return (
+        Path(path).expanduser().exists()
+        or path.startswith((".", "/", "~"))
+        or path.count("/") > 1
+        or path.endswith((".json", ".jsonl"))
+    )
+
+
+def is_triviaqa_hub_id(path: str) -> bool:
+    """Whether ``path`` names TriviaQA on the hub (``trivia_qa``, ``mandarjoshi/trivia_qa``) rather than a file."""
+    return not _is_local(path) and re.sub(r"[^a-z]", "", path.rsplit("/", 1)[-1].lower()) == "triviaqa"
+
+
+def looks_like_triviaqa(rows: list) -> bool:
+    """Whether rows read from a file are TriviaQA rows (a question or answers, no instruction)."""
+    first = rows[0] if rows else None
+    return (
+        isinstance(first, dict) and "instruction" not in first and bool({"question", "answer", "answers"} & set(first))
+    )
+
+
+def read_triviaqa(source: str, split: str = "validation", config: str = DEFAULT_CONFIG) -> list[dict]:
+    """Checked records of a TriviaQA file or hub id (``split`` and ``config`` apply to hub ids only)."""
+    if _is_local(source):
+        return parse_triviaqa(read_rows(source), source)
+    return parse_triviaqa(_read_hub(source, split, config), f"{source} ({config}, {split})")
+
+
+def _read_hub(hub_id: str, split: str, config: str) -> list[dict]:
+    import datasets
+
+    from sortednet.hub import hub_reachable
+
+    if not hub_reachable():
+        raise SortedNetError(
+            f"cannot load TriviaQA {hub_id!r}: the hub is unreachable; save it where the hub is reachable "
+            f"(datasets.load_dataset({hub_id!r}, {config!r}, split={split!r}).to_json('triviaqa.jsonl')) "
+            f"and pass the local file"
+        )
+    try:
+        return datasets.load_dataset(hub_id, config, split=split).to_list()
+    except Exception as error:  # datasets raises many types for "unreachable" / "no such data set or config"
+        raise SortedNetError(
+            f"cannot load TriviaQA {hub_id!r} (config {config!r}, split {split!r}) from the hub "
+            f"({type(error).__name__}); save it where the hub is reachable and pass the local .jsonl file"
+        ) from error
+
+
+def _strings(value, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SortedNetError(f"{what} is a {type(value).__name__}, expected a list of strings")
+    return value
+
+
+def parse_triviaqa(rows: list, source: str) -> list[dict]:
+    """Records ``{"question", "answers", "id"}`` from rows in either layout; one-line errors name row and field."""
+    records = []
+    for index, row in enumerate(rows):
+        where = f"row {index} of {source}"
+        if not isinstance(row, dict):
+            raise SortedNetError(f"{where} is a {type(row).__name__}, expected an object")
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            problem = "has no 'question' field" if "question" not in row else "has an empty or non-text 'question'"
+            raise SortedNetError(f"{where} {problem}; every TriviaQA row needs a question")
+        if "answer" in row:
+            answer = row["answer"]
+            if not isinstance(answer, dict) or "value" not in answer:
+                raise SortedNetError(f"{where} has no 'answer.value' field; expected answer = {{value, aliases}}")
+            value = answer["value"]
+            if not isinstance(value, str) or not value.strip():
+                raise SortedNetError(
+                    f"{where} has an empty 'answer.value' (TriviaQA's test split has no answers); "
+                    f"use the train or validation split"
+                )
+            answers = [value, *_strings(answer.get("aliases") or [], f"{where}: 'answer.aliases'")]
+        elif "answers" in row:
+            answers = _strings(row["answers"], f"{where}: 'answers'")
+            if not answers or not answers[0].strip():
+                raise SortedNetError(f"{where} has an empty 'answers' list; give at least one answer")
+        else:
+            raise SortedNetError(f"{where} has no 'answer' or 'answers' field; every TriviaQA row needs its answers")
+        records.append(
+            {
+                "question": question,
+                "answers": list(dict.fromkeys(a for a in answers if a.strip())),
+                "id": row.get("question_id"),
+            }
+        )
+    if not records:
+        raise SortedNetError(f"{source} holds no TriviaQA rows")
+    return records
+
+
+def to_instruction_rows(records: list[dict]) -> list[dict]:
+    """Instruction rows for the Alpaca pipeline: the question is the instruction, the first answer the output.
+
+    The output starts with a space: the prompt ends in ``Answer:`` and the space belongs to the answer, so the
+    prompt's tokens stay a prefix of the whole example's tokens (the label mask relies on that).
+    """
+    return [
+        {"instruction": r["question"].strip(), "input": "", "output": " " + r["answers"][0].strip()} for r in records
+    ]
+
+
+def training_rows(path: str) -> list:
+    """The rows behind ``data.path``: Alpaca rows as they are, a TriviaQA source as question → answer rows."""
+    if is_triviaqa_hub_id(path):
+        return to_instruction_rows(read_triviaqa(path, split="train"))
+    rows = read_rows(path)
+    return to_instruction_rows(parse_triviaqa(rows, path)) if looks_like_triviaqa(rows) else rows

@@ -1,0 +1,236 @@
+"""Per-exit greedy answers to an instruction set, saved as answer files that the other suites reuse.
+
+For checkpoint name N and exit K the run directory gets
+
+- ``answers/N_exitK.jsonl``: one JSON object per instruction, in the instruction set's order:
+  ``index``, ``instruction``, ``input``, ``output`` (the answer), ``exit``, ``ckpt`` (the name), and when the
+  instruction set has a reference ``output``: ``reference`` and ``exact`` (answer == reference, stripped);
+- ``answers/N_exitK.meta.json``: ``settings`` (what the answers depend on: the checkpoint's path and
+  size/mtime, the exit, a hash of the instruction set, the prompt template, ``max_new_tokens``) and the
+  timing of this exit's decoding: ``seconds`` (wall clock of the whole set), ``answer_tokens`` (the answers
+  re-encoded by the tokenizer, so an estimate of the tokens generated), ``ms_per_token``, ``batch_size``,
+  ``device``, and ``exact_match`` / ``references`` when references exist.
+
+An answer file whose recorded settings equal the current ones is reused as is; otherwise it is
+regenerated and replaced atomically (the ``.meta.json`` last, so a crash never leaves a file that looks
+complete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from sortednet.errors import SortedNetError
+from sortednet.eval.exits import exact_match, greedy_answers
+from sortednet.eval.output import write_text_atomically
+
+EMBEDDED = "embedded"
+PANDALM_FILE = "testset-inference-v1.json"
+PANDALM_URL = "https://raw.githubusercontent.com/WeOpenML/PandaLM/main/data/testset-inference-v1.json"
+
+
+def default_instructions() -> Path:
+    """PandaLM's 170-instruction test set in the sortednet cache."""
+    from sortednet.hub import default_cache_dir
+
+    return default_cache_dir() / "pandalm" / PANDALM_FILE
+
+
+def read_instructions(path: str | None, limit: int | None = None, cache_dir=None) -> list[dict]:
+    """Items ``{"instruction", "input"[, "reference"]}`` from an Alpaca-format .json/.jsonl file (``output``, if
+    present, is the reference), ``embedded`` (the embedded set's validation split) or, for ``None``, PandaLM's
+    test set in the cache."""
+    from sortednet.data.alpaca import read_rows
+
+    if path == EMBEDDED:
+        rows = _embedded_validation_rows(cache_dir)
+        source = "the embedded validation split"
+    else:
+        file = Path(path).expanduser() if path else default_instructions()
+        if not file.is_file():
+            if path is None:
+                raise SortedNetError(
+                    f"PandaLM's test set is not at {file}; get it with: mkdir -p {file.parent} && curl -L -o {file} "
+                    f"{PANDALM_URL} (or pass instructions=PATH, or instructions=embedded)"
+                )
+            raise SortedNetError(f"instruction set {path!r} not found; pass instructions=FILE.json|FILE.jsonl|embedded")
+        if file.suffix not in (".json", ".jsonl"):
+            raise SortedNetError(f"instruction set {path!r} must be Alpaca-format .json or .jsonl")
+        rows, source = read_rows(str(file)), str(file)
+    items = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+            raise SortedNetError(f"row {index} of {source} has no 'instruction' text; every row needs one")
+        item = {"instruction": row["instruction"], "input": row.get("input") or ""}
+        for key, value in (("input", item["input"]), ("output", row.get("output"))):
+            if value is not None and not isinstance(value, str):
+                raise SortedNetError(f"row {index} of {source}: {key!r} is a {type(value).__name__}, not text")
+        if row.get("output") is not None:
+            item["reference"] = row["output"]
+        items.append(item)
+    items = items[:limit] if limit is not None else items
+    if not items:
+        raise SortedNetError(f"{source} holds no instructions")
+    return items
+
+
+def _embedded_validation_rows(cache_dir) -> list[dict]:
+    """The rows of the embedded data set that training holds out (default split settings)."""
+    from sortednet.config import DataConfig
+    from sortednet.data.alpaca import check_rows, read_rows, split
+    from sortednet.hub import resolve
+
+    path = resolve(EMBEDDED, "data.json", cache_dir)
+    rows = check_rows(read_rows(path), path)
+    defaults = DataConfig()
+    return [rows[i] for i in split(len(rows), defaults.val_size, defaults.seed)[1]]
+
+
+def answers_path(root: Path, name: str, exit_: int) -> Path:
+    return Path(root) / "answers" / f"{name}_exit{exit_}.jsonl"
+
+
+def meta_path(answers: Path) -> Path:
+    return answers.with_name(answers.name.removesuffix(".jsonl") + ".meta.json")
+
+
+def _checkpoint_stamp(ckpt: str) -> str:
+    """Size and modification time of the checkpoint's files: changes when it is rewritten."""
+    path = Path(ckpt).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def answer_settings(ckpt: str, exit_: int, items: list[dict], max_new_tokens: int, style) -> dict:
+    """What an answer file depends on; equal settings mean the recorded answers are still valid."""
+    digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "ckpt": str(Path(ckpt).expanduser().resolve()),
+        "ckpt_stamp": _checkpoint_stamp(ckpt),
+        "exit": exit_,
+        "instructions_sha256": digest,
+        "instructions": len(items),
+        "prompt_template": [style.with_input, style.without_input],
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
+
+
+def read_answer_file(path: Path) -> list[dict]:
+    """The lines of an answer file, or a one-line error."""
+    if not path.is_file():
+        raise SortedNetError(f"answer file {path} not found; run suite=generate first")
+    lines = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise SortedNetError(
+                    f"answer file {path} line {number} is not JSON ({error.msg}); delete it"
+                ) from error
+    return lines
+
+
+def reusable(path: Path, settings: dict) -> tuple[list[dict], dict] | None:
+    """``(lines, meta)`` of an existing answer file made with ``settings``, else None."""
+    meta_file = meta_path(path)
+    if not (path.is_file() and meta_file.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        lines = read_answer_file(path)
+    except (json.JSONDecodeError, SortedNetError):
+        return None
+    if meta.get("settings") != settings or len(lines) != settings["instructions"]:
+        changed = sorted(k for k in settings if (meta.get("settings") or {}).get(k) != settings[k])
+        print(f"sortednet: regenerating {path.name} (changed: {', '.join(changed) or 'line count'})", file=sys.stderr)
+        return None
+    return lines, meta
+
+
+def encode(items: list[dict], tokenizer, style, net, max_new_tokens: int) -> list[list[int]]:
+    """Prompt ids as training tokenizes them; prompts that do not fit the context window are an error."""
+    ids = tokenizer([style.format(item["instruction"], item["input"]) for item in items])["input_ids"]
+    window = getattr(net.lm.config, "max_position_embeddings", None)
+    if window:
+        too_long = [i for i, p in enumerate(ids) if len(p) + max_new_tokens > window]
+        if too_long:
+            longest = max(len(ids[i]) for i in too_long)
+            raise SortedNetError(
+                f"{len(too_long)} of {len(ids)} prompts (e.g. item {too_long[0]}, up to {longest} tokens) plus "
+                f"max_new_tokens={max_new_tokens} exceed the model's max_position_embeddings={window}; lower "
+                f"max_new_tokens or use shorter instructions"
+            )
+    return ids
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generate_answers(
+    net,
+    tokenizer,
+    meta: dict,
+    name: str,
+    exit_: int,
+    items: list[dict],
+    root: Path,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+) -> tuple[list[dict], dict, bool]:
+    """``(lines, meta, reused)`` of exit ``exit_``'s answer file in ``root``, generated unless reusable."""
+    from sortednet.inference.load import prompt_style_of
+
+    style = prompt_style_of(meta)
+    settings = answer_settings(meta["source"], exit_, items, max_new_tokens, style)
+    path = answers_path(root, name, exit_)
+    prompts = encode(items, tokenizer, style, net, max_new_tokens)  # checked even when answers are reused
+    found = reusable(path, settings)
+    if found is not None:
+        return (*found, True)
+    device = next(net.parameters()).device
+    _sync(device)
+    began = time.perf_counter()
+    answers = greedy_answers(net, tokenizer, prompts, exit_, max_new_tokens, batch_size)
+    _sync(device)
+    seconds = time.perf_counter() - began
+    tokens = sum(len(t) for t in tokenizer(answers, add_special_tokens=False)["input_ids"])
+    lines = []
+    for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
+        line = {"index": index, "instruction": item["instruction"], "input": item["input"], "output": answer}
+        line.update(exit=exit_, ckpt=name)
+        if "reference" in item:
+            line.update(reference=item["reference"], exact=answer.strip() == item["reference"].strip())
+        lines.append(line)
+    info = {
+        "settings": settings,
+        "name": name,
+        "exit": exit_,
+        "instructions": len(items),
+        "seconds": seconds,
+        "answer_tokens": tokens,
+        "ms_per_token": 1000 * seconds / max(tokens, 1),
+        "batch_size": batch_size,
+        "device": str(device),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with_reference = [line for line in lines if "reference" in line]
+    if with_reference:
+        info["references"] = len(with_reference)
+        info["exact_match"] = exact_match(
+            [x["output"] for x in with_reference], [x["reference"] for x in with_reference]
+        )
+    meta_path(path).unlink(missing_ok=True)  # the old meta must not vouch for half-replaced answers
+    write_text_atomically(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    write_text_atomically(meta_path(path), json.dumps(info, indent=2) + "\n")
+    return lines, info, False

@@ -1,0 +1,179 @@
+"""Where evaluation results go: a run directory (CSV, JSON, PNG, written atomically) and, optionally, W&B.
+
+A result file is never overwritten: when ``loss.csv`` already holds something, the new one is written as
+``loss-2.csv`` (then ``-3``, ...) and a note goes to stderr. Answer files (``answers/*.jsonl``) are the
+exception: they are a cache with recorded settings, replaced atomically when the settings change
+(see :mod:`sortednet.eval.generation`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary sibling and a rename: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if it is absent or empty, else the first free ``stem-N.suffix`` (N = 2, 3, ...)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists() or candidate.stat().st_size == 0:
+            return candidate
+        n += 1
+
+
+def csv_text(rows: Sequence[dict]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, title: str = "") -> str:
+    """Fixed-width text: right-aligned columns, floats with 4 significant digits, missing cells as ``-``."""
+    if not rows:
+        return title
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = [title] if title else []
+    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+class RunDir:
+    """A run directory plus an optional W&B run: each result is written to disk and logged there."""
+
+    def __init__(self, root: str | os.PathLike, wandb_run=None):
+        self.root = Path(root).expanduser()  # created with the first result, so a failed run leaves nothing
+        self.wandb_run = wandb_run
+
+    def _target(self, name: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        wanted = self.root / name
+        path = free_path(wanted)
+        if path != wanted:
+            print(f"sortednet: {wanted} exists; writing {path.name} beside it", file=sys.stderr)
+        return path
+
+    def table(self, name: str, rows: Sequence[dict]) -> Path:
+        """``rows`` as ``<name>.csv`` (and a W&B table of that name)."""
+        path = self._target(f"{name}.csv")
+        write_text_atomically(path, csv_text(rows))
+        self.log_table(name, rows)
+        return path
+
+    def log_table(self, name: str, rows: Sequence[dict]) -> None:
+        """``rows`` as a W&B table (nothing without a W&B run)."""
+        if self.wandb_run is not None and rows:
+            import wandb
+
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            data = [[row.get(c) for c in columns] for row in rows]
+            self.wandb_run.log({f"eval/{name}": wandb.Table(columns=columns, data=data)})
+
+    def json(self, name: str, data) -> Path:
+        path = self._target(f"{name}.json")
+        write_text_atomically(path, json.dumps(data, indent=2) + "\n")
+        return path
+
+    def figure(self, name: str, figure) -> Path:
+        """A matplotlib figure as ``<name>.png`` (and a W&B image); the figure is closed."""
+        import matplotlib.pyplot as plt
+
+        path = self._target(f"{name}.png")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+        os.close(fd)
+        try:
+            figure.savefig(tmp, dpi=120, bbox_inches="tight")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            plt.close(figure)
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({f"eval/{name}": wandb.Image(str(path))})
+        return path
+
+    def image(self, name: str, path: Path) -> None:
+        """Log a PNG written by someone else's plotting function."""
+        if self.wandb_run is not None and path.is_file():
+            import wandb
+
+            self.wandb_run.log({f"eval/{name}": wandb.Image(str(path))})
+
+
+def plot_per_exit(table: Sequence[dict], panels: Sequence[tuple[str, str]], title: str):
+    """One panel per ``(key, label)``: the value against the exit, one line per checkpoint (``name``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(key, label) for key, label in panels if any(row.get(key) is not None for row in table)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(1 + 5 * len(panels), 4), squeeze=False)
+    for axis, (key, label) in zip(axes[0], panels, strict=True):
+        for name in dict.fromkeys(row["name"] for row in table):
+            mine = [row for row in table if row["name"] == name and row.get(key) is not None]
+            axis.plot([r["exit"] for r in mine], [r[key] for r in mine], marker="o", label=name)
+        axis.set_xlabel("exit (layers)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def start_wandb(project: str | None, run_dir: Path, name: str, config: dict):
+    """``(run, owned)``: a new W&B run for ``project`` (offline without credentials, like training), the
+    active ``wandb.run`` when no project is given, or ``(None, False)``. ``owned`` runs are finished by
+    the caller."""
+    if project is None:  # an active run exists only if wandb was imported already
+        wandb = sys.modules.get("wandb")
+        return (getattr(wandb, "run", None), False) if wandb is not None else (None, False)
+    import wandb
+
+    from sortednet.loggers import wandb_credentials
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials() else "offline")
+    run = wandb.init(project=project, name=name, dir=str(run_dir), config=config, job_type="evaluate", mode=mode)
+    return run, True

@@ -1,0 +1,343 @@
+"""`python -m sortednet.evaluate`: the loss, generate, pareto, pandalm, triviaqa and analysis suites on tiny
+checkpoints, answer-file reuse, the Pareto frontier, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+
+from conftest import save_tiny
+from sortednet import evaluate
+from sortednet.config import ModelConfig, ObjectiveConfig
+from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
+from sortednet.data.embedded import make_rows
+from sortednet.eval.exits import greedy_answers
+from sortednet.eval.pareto import pareto_frontier, pareto_table
+from sortednet.inference.load import load_sorted, prompt_style_of
+from sortednet.module import exit_losses
+
+# PandaLM-format items (motivation_app, instruction, input; no reference output), short enough for the tiny model.
+PANDALM_ITEMS = [
+    {"motivation_app": "Notes", "instruction": "Name a color.", "input": ""},
+    {"motivation_app": "Mail", "instruction": "Repeat the words exactly.", "input": "apple river"},
+]
+
+
+def _save_checkpoint(path: Path, state_dict: dict, meta: dict) -> Path:
+    """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write."""
+    torch.save(
+        {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__, "state_dict": state_dict,
+         "sortednet": meta},
+        path,
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """soft: the embedded 8-layer LLaMA with exits 2,4,6,8; sft: the same, objective sft, weights perturbed."""
+    from sortednet.module import SortedModule
+
+    root = tmp_path_factory.mktemp("eval-ckpts")
+    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
+    module.configure_model()
+    paths = {"soft": _save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
+    torch.manual_seed(3)
+    state = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    paths["sft"] = _save_checkpoint(root / "sft.ckpt", state, {**module.metadata(), "objective": "sft"})
+    return paths
+
+
+@pytest.fixture
+def rows_file(tmp_path) -> Path:
+    """Alpaca rows with references, from the embedded task families (a seed training does not use)."""
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(make_rows(6, seed=11)))
+    return path
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    code = evaluate.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sortednet: error: "), err
+    assert message in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------- loss
+
+
+def test_loss_suite_equals_a_direct_exit_losses_pass(ckpts, rows_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = _run(
+        ["suite=loss", f"ckpt={ckpts['soft']}", f"data={rows_file}", "batch_size=4", f"out={out}"], capsys
+    )
+    assert code == 0, err
+    table = _read_csv(out / "loss.csv")
+    assert [int(r["exit"]) for r in table] == [2, 4, 6, 8] and {r["name"] for r in table} == {"soft"}
+    assert (out / "loss.png").stat().st_size > 0 and "per-exit loss" in stdout
+
+    # The same rows, tokenized as training does, in one batch: token means must agree with the batched run.
+    net, tokenizer, meta = load_sorted(str(ckpts["soft"]))
+    columns = tokenize_rows(json.loads(rows_file.read_text()), tokenizer, meta["prompt_style"], 512, mask_prompt=True)
+    pairs = zip(columns["input_ids"], columns["labels"], strict=True)
+    batch = Collator(pad_id(tokenizer))([{"input_ids": i, "labels": labels} for i, labels in pairs])
+    with torch.no_grad():
+        _, direct = exit_losses(net, batch["input_ids"], batch["attention_mask"], batch["labels"], [2, 4, 6, 8])
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
+    for row in table:
+        assert float(row["loss"]) == pytest.approx(float(direct[int(row["exit"])]), rel=1e-5)
+        assert float(row["ppl"]) == pytest.approx(math.exp(float(row["loss"])), rel=1e-9)
+        assert int(row["tokens"]) == tokens and int(row["rows"]) == 6
+
+    # A second run into the same directory keeps the first result and writes loss-2.csv beside it.
+    before = (out / "loss.csv").read_text()
+    assert _run(["suite=loss", f"ckpt={ckpts['soft']}", f"data={rows_file}", "exits=[8]", f"out={out}"], capsys)[0] == 0
+    assert (out / "loss.csv").read_text() == before and len(_read_csv(out / "loss-2.csv")) == 1
+
+
+# ---------------------------------------------------------------- generate
+
+
+def test_generate_writes_one_answer_file_per_exit_and_reuses_it(ckpts, rows_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["suite=generate", f"ckpt={ckpts['soft']}", f"instructions={rows_file}", f"out={out}"]
+    argv = [*base, "exits=[2,8]"]
+    code, stdout, err = _run([*argv, "max_new_tokens=6", "batch_size=4"], capsys)
+    assert code == 0, err
+    items = json.loads(rows_file.read_text())
+    net, tokenizer, meta = load_sorted(str(ckpts["soft"]))
+    style = prompt_style_of(meta)
+    prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in items]
+    for e in (2, 8):
+        path = out / "answers" / f"soft_exit{e}.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(lines) == len(items)
+        assert [x["output"] for x in lines] == greedy_answers(net, tokenizer, prompts, e, 6, batch_size=1)
+        for line, item in zip(lines, items, strict=True):
+            assert line["instruction"] == item["instruction"] and line["input"] == item["input"]
+            assert line["reference"] == item["output"] and line["exit"] == e and line["ckpt"] == "soft"
+            assert line["exact"] == (line["output"].strip() == item["output"].strip())
+        info = json.loads((out / "answers" / f"soft_exit{e}.meta.json").read_text())
+        assert info["seconds"] > 0 and info["answer_tokens"] > 0 and info["ms_per_token"] > 0
+        assert info["exact_match"] == sum(x["exact"] for x in lines) / len(lines)
+        assert info["settings"]["max_new_tokens"] == 6 and info["settings"]["exit"] == e
+    assert [int(r["exit"]) for r in _read_csv(out / "generate.csv")] == [2, 8]
+    assert (out / "generate.png").is_file() and "greedy answers" in stdout
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "answers").iterdir()}
+    code, _, err = _run([*argv, "max_new_tokens=6"], capsys)  # same settings: nothing is regenerated
+    assert code == 0, err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "answers").iterdir()} == stamps
+    assert all(r["reused"] == "True" for r in _read_csv(out / "generate-2.csv"))
+
+    code, _, err = _run([*base, "exits=[2]", "max_new_tokens=3"], capsys)
+    assert code == 0, err
+    assert "regenerating soft_exit2.jsonl (changed: max_new_tokens)" in err
+    assert json.loads((out / "answers" / "soft_exit2.meta.json").read_text())["settings"]["max_new_tokens"] == 3
+    assert (out / "answers" / "soft_exit8.jsonl").stat().st_mtime_ns == stamps["soft_exit8.jsonl"]
+
+
+def test_generate_on_an_instruction_set_without_references(ckpts, tmp_path, capsys):
+    instructions = tmp_path / "testset.json"
+    instructions.write_text(json.dumps(PANDALM_ITEMS))
+    out = tmp_path / "run"
+    argv = ["suite=generate", f"ckpt={ckpts['soft']}", f"instructions={instructions}", "exits=4", f"out={out}"]
+    code, _, err = _run([*argv, "max_new_tokens=4"], capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in (out / "answers" / "soft_exit4.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and not any("reference" in x or "exact" in x for x in lines)
+    assert "exact_match" not in json.loads((out / "answers" / "soft_exit4.meta.json").read_text())
+    code, _, err = _run([*argv, "max_new_tokens=250"], capsys)  # the tiny model's window is 256 positions
+    _one_line_error(code, err, "exceed the model's max_position_embeddings=256")
+
+
+# ---------------------------------------------------------------- pareto
+
+
+def test_pareto_frontier_of_a_hand_made_point_set():
+    costs = [1.0, 2.0, 3.0, 4.0, 5.0, 2.0, 0.5]
+    quality = [0.1, 0.3, 0.2, 0.5, 0.5, 0.3, math.nan]
+    assert pareto_frontier(costs, quality) == [0, 1, 3]  # the tie at cost 2 keeps the first; NaN is never on it
+    assert pareto_frontier([1.0, 2.0, 3.0, 4.0], [3.0, 2.5, 2.7, 2.0], higher_is_better=False) == [0, 1, 3]
+    assert pareto_frontier([], []) == []
+    points = [
+        {"name": "soft", "exit": 2, "ms_per_token": 1.0, "exact_match": 0.4},
+        {"name": "soft", "exit": 4, "ms_per_token": 2.0, "exact_match": 0.6},
+        {"name": "sft", "exit": 2, "ms_per_token": 1.1, "exact_match": 0.1},
+        {"name": "sft", "exit": 4, "ms_per_token": 1.9, "exact_match": 0.7},
+    ]
+    table = pareto_table(points, "exact_match")
+    assert [r["on_frontier"] for r in table] == [True, True, True, True]
+    assert [r["on_global_frontier"] for r in table] == [True, False, False, True]
+
+
+def test_pareto_suite_measures_cost_and_scores_exact_match(ckpts, rows_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["suite=pareto", f"ckpt={ckpts['soft']}", "exits=[2,8]", f"instructions={rows_file}", "max_new_tokens=4"]
+    code, stdout, err = _run([*argv, f"out={out}"], capsys)
+    assert code == 0, err
+    table = _read_csv(out / "pareto.csv")
+    assert [(r["name"], int(r["exit"])) for r in table] == [("soft", 2), ("soft", 8)]
+    assert all(float(r["ms_per_token"]) > 0 for r in table)
+    profile = json.loads(Path(f"{ckpts['soft']}.latency.json").read_text())  # shared with generate exit=auto
+    (entry,) = profile.values()
+    assert [float(r["ms_per_token"]) for r in table] == pytest.approx(
+        [entry["ms_per_token"][e] for e in ("2", "8")], abs=1e-4
+    )
+    for r in table:
+        info = json.loads((out / "answers" / f"soft_exit{r['exit']}.meta.json").read_text())
+        assert float(r["exact_match"]) == pytest.approx(info["exact_match"])
+    assert (out / "pareto.png").stat().st_size > 0 and "exact_match against ms/token" in stdout
+
+
+def test_pareto_suite_on_loss_with_recorded_costs(ckpts, rows_file, tmp_path, capsys):
+    """Costs come from the latency profile cached beside each checkpoint (here written by the test)."""
+    from sortednet.generate import PROFILE_TOKENS, device_key
+
+    costs = {"soft": {"2": 1.0, "8": 4.0}, "sft": {"2": 1.5, "8": 3.0}}
+    paths = []
+    for name in ("soft", "sft"):
+        path = tmp_path / f"{name}.ckpt"
+        shutil.copyfile(ckpts[name], path)
+        key = device_key(torch.device("cpu"), torch.float32)
+        Path(f"{path}.latency.json").write_text(
+            json.dumps({key: {"tokens": PROFILE_TOKENS, "ms_per_token": costs[name]}})
+        )
+        paths.append(str(path))
+    out = tmp_path / "run"
+    argv = ["suite=pareto", f"ckpt=[{','.join(paths)}]", "exits=[2,8]", "metric=loss", f"data={rows_file}"]
+    code, _, err = _run([*argv, "device=cpu", f"out={out}"], capsys)
+    assert code == 0, err
+    table = _read_csv(out / "pareto.csv")
+    assert [(r["name"], int(r["exit"])) for r in table] == [("soft", 2), ("soft", 8), ("sft", 2), ("sft", 8)]
+    assert [float(r["ms_per_token"]) for r in table] == [1.0, 4.0, 1.5, 3.0]
+    loss = _read_csv(_loss_run(paths[0], rows_file, tmp_path, capsys))
+    assert [float(r["loss"]) for r in table[:2]] == pytest.approx([float(r["loss"]) for r in loss])
+    values = [float(r["loss"]) for r in table]
+    overall = pareto_frontier([1.0, 4.0, 1.5, 3.0], values, higher_is_better=False)
+    assert [r["on_global_frontier"] == "True" for r in table] == [i in overall for i in range(4)]
+    assert table[0]["on_global_frontier"] == "True"  # the cheapest point is always on the frontier
+    assert (out / "pareto.png").stat().st_size > 0
+
+
+def _loss_run(ckpt, rows_file, tmp_path, capsys) -> Path:
+    out = tmp_path / "loss-run"
+    code, _, err = _run(["suite=loss", f"ckpt={ckpt}", f"data={rows_file}", "exits=[2,8]", f"out={out}"], capsys)
+    assert code == 0, err
+    return out / "loss.csv"
+
+
+# ---------------------------------------------------------------- pandalm, triviaqa, analysis
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory, tokenizer) -> Path:
+    path = save_tiny("llama", tmp_path_factory.mktemp("judge"), vocab_size=len(tokenizer), max_position_embeddings=2048)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_pandalm_suite_judges_exits_in_both_orders(ckpts, judge_dir, tmp_path, capsys):
+    instructions = tmp_path / "testset.json"
+    instructions.write_text(json.dumps(PANDALM_ITEMS))
+    out = tmp_path / "run"
+    argv = [
+        "suite=pandalm", f"ckpt=[{ckpts['soft']},{ckpts['sft']}]", "exits=[2,8]", f"instructions={instructions}",
+        f"judge={judge_dir}", "pairs=diagonal", "max_new_tokens=4", "judge_max_new_tokens=3", f"out={out}",
+    ]  # fmt: skip
+    code, stdout, err = _run(argv, capsys)
+    assert code == 0, err
+    long = _read_csv(out / "pandalm_long.csv")
+    assert [(r["row"], r["col"]) for r in long] == [("soft@2", "sft@2"), ("soft@8", "sft@8")]
+    for r in long:  # every item judged in both orders
+        assert int(r["judgements"]) == 2 * len(PANDALM_ITEMS)
+        assert int(r["total"]) + int(r["unparseable"]) == int(r["judgements"])
+    verdicts = [json.loads(line) for line in (out / "pandalm_verdicts.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 2 * 2 * len(PANDALM_ITEMS) and {v["order"] for v in verdicts} == {"ab", "ba"}
+    assert (out / "pandalm.png").is_file() and (out / "pandalm.csv").is_file() and "soft@8" in stdout
+    assert (out / "answers" / "sft_exit8.jsonl").is_file()
+
+
+def test_pandalm_refuses_answer_files_that_do_not_match(ckpts, judge_dir, tmp_path, capsys):
+    first, second, third = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    first.write_text("".join(json.dumps({**x, "output": "red"}) + "\n" for x in PANDALM_ITEMS))
+    second.write_text(json.dumps({**PANDALM_ITEMS[0], "output": "blue"}) + "\n")
+    third.write_text("".join(json.dumps({**x, "instruction": "Other.", "output": "x"}) + "\n" for x in PANDALM_ITEMS))
+    common = ["suite=pandalm", f"judge={judge_dir}", f"out={tmp_path / 'run'}"]
+    code, _, err = _run([*common, f"answers=[{first},{second}]"], capsys)
+    _one_line_error(code, err, "has 1 answers for 2 instructions")
+    code, _, err = _run([*common, f"answers=[{first},{third}]"], capsys)
+    _one_line_error(code, err, "row 0 answers 'Other.'")
+
+
+def test_triviaqa_and_analysis_suites(ckpts, tmp_path, capsys):
+    questions = tmp_path / "trivia.json"
+    questions.write_text(json.dumps([{"question": "What color is the apple?", "answers": ["red", "Red"]},
+                                     {"question": "What is 2 plus 3?", "answers": ["5", "five"]}]))  # fmt: skip
+    out = tmp_path / "run"
+    code, stdout, err = _run(
+        ["suite=triviaqa", f"ckpt={ckpts['soft']}", f"data={questions}", "exits=[2,8]", f"out={out}"], capsys
+    )
+    assert code == 0, err
+    table = _read_csv(out / "triviaqa.csv")
+    assert [int(r["exit"]) for r in table] == [2, 8] and all(int(r["n"]) == 2 for r in table)
+    assert len((out / "triviaqa_predictions.jsonl").read_text().splitlines()) == 4
+    assert (out / "triviaqa.png").is_file() and "em_cased" in stdout
+
+    instructions = tmp_path / "testset.json"
+    instructions.write_text(json.dumps(PANDALM_ITEMS))
+    argv = ["suite=analysis", f"ckpt=[{ckpts['soft']},{ckpts['sft']}]", f"instructions={instructions}"]
+    code, stdout, err = _run([*argv, "exits=[2,4]", "positions=3", f"out={out}"], capsys)
+    assert code == 0, err
+    rows = _read_csv(out / "analysis.csv")
+    assert {r["label"] for r in rows} == {"vs soft@8", "vs sft@8"} and {int(r["exit"]) for r in rows} == {2, 4}
+    assert all(float(r["kl"]) >= -1e-9 and -1 <= float(r["cosine"]) <= 1 for r in rows)
+    assert (out / "analysis.png").is_file() and "KL and cosine" in stdout
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_input_is_one_line_with_status_2(ckpts, tmp_path, capsys):
+    soft = f"ckpt={ckpts['soft']}"
+    out = f"out={tmp_path / 'run'}"
+    for argv, message in [
+        (["suite=speed", soft, out], "unknown suite='speed'; pass suite=loss|generate"),
+        ([soft, out], "no suite given"),
+        (["suite=loss", out], "no checkpoint given"),
+        (["suite=loss", f"ckpt={tmp_path / 'missing.ckpt'}", out], "not found"),
+        (["suite=loss", soft, "exits=[3,4]", out], "exits [3] are not exits of soft"),
+        (["suite=generate", soft, f"instructions={tmp_path / 'none.json'}", out], "instruction set"),
+        (["suite=generate", soft, out], "curl -L -o"),
+        (["suite=loss", f"ckpt=[{ckpts['soft']},{ckpts['soft']}]", out], "repeat"),
+        (["suite=pareto", soft, "metric=bleu", out], "unknown metric='bleu'"),
+        (["suite=pareto", soft, f"instructions={Path(__file__)}", out], ".json or .jsonl"),
+        (["suite=loss", soft, "colour=red", out], "unknown key 'colour'"),
+    ]:
+        _one_line_error(*_run(argv, capsys)[::2], message)
+    assert os.environ["SORTEDNET_CACHE"] in _run(["suite=generate", soft, out], capsys)[2]
+
+
+def test_default_names_and_output_directory():
+    assert evaluate.default_name("runs/a/checkpoints/last.ckpt") == "a"
+    assert evaluate.default_name("/x/soft.ckpt") == "soft" and evaluate.default_name("/x/export-4/") == "export-4"
+    assert evaluate.default_out().parts[:2] == ("outputs", "eval")

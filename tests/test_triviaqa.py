@@ -1,0 +1,394 @@
+"""TriviaQA: reading both row layouts, training rows through the DataModule, the metrics, per-exit evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sortednet.config import DataConfig
+from sortednet.data.alpaca import load_tokenized
+from sortednet.data.datamodule import AlpacaDataModule
+from sortednet.data.prompts import ALPACA, TRIVIAQA
+from sortednet.data.triviaqa import (
+    is_triviaqa_hub_id,
+    read_triviaqa,
+    to_instruction_rows,
+    training_rows,
+)
+from sortednet.errors import SortedNetError
+from sortednet.eval.exits import greedy_answers
+from sortednet.eval.triviaqa import (
+    answer_line,
+    evaluate_exits,
+    exact_match_cased,
+    exact_match_normalized,
+    f1,
+    normalize_answer,
+    question_prompts,
+    score_answers,
+    write_predictions,
+)
+from sortednet.loss import IGNORE_INDEX
+
+
+def _hf_row(i: int, question: str, value: str, aliases: list[str]) -> dict:
+    """A row of Hugging Face's trivia_qa (rc.nocontext / unfiltered.nocontext), the fields it really has."""
+    return {
+        "question": question,
+        "question_id": f"tc_{i}",
+        "question_source": "http://www.example.org/",
+        "entity_pages": {"doc_source": [], "filename": [], "title": [], "wiki_context": []},
+        "search_results": {"description": [], "filename": [], "rank": [], "title": [], "url": [], "search_context": []},
+        "answer": {
+            "aliases": aliases,
+            "normalized_aliases": [normalize_answer(a) for a in aliases],
+            "matched_wiki_entity_name": "",
+            "normalized_matched_wiki_entity_name": "",
+            "normalized_value": normalize_answer(value),
+            "type": "WikipediaEntity",
+            "value": value,
+        },
+    }
+
+
+HF_ROWS = [
+    _hf_row(0, "Which city is the capital of France?", "Paris", ["Paris", "Paris, France", "Ville Lumière"]),
+    _hf_row(1, "Who wrote Hamlet?", "William Shakespeare", ["Shakespeare", "The Bard"]),
+    _hf_row(2, "What colour is a ripe banana?", "Yellow", ["Yellow", "yellow"]),
+    _hf_row(3, "How many legs has a spider?", "8", ["Eight", "8"]),
+    _hf_row(4, "Which planet is called the red planet?", "Mars", ["Mars", "Planet Mars"]),
+    _hf_row(5, "Which river flows through Cairo?", "Nile", ["Nile", "River Nile", "The Nile"]),
+]
+
+
+def _write_to_json(path: Path, rows: list[dict]) -> Path:
+    """What a user gets from ``datasets``: ``Dataset.to_json`` writes JSON Lines, whatever the suffix."""
+    import datasets
+
+    datasets.Dataset.from_list(rows).to_json(str(path))
+    return path
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+# 1. Reading ----------------------------------------------------------------------------------------
+
+
+def test_hf_layout_saved_by_datasets_is_read_with_value_first_then_aliases(tmp_path):
+    records = read_triviaqa(str(_write_to_json(tmp_path / "tqa.json", HF_ROWS)))
+    assert [r["question"] for r in records] == [r["question"] for r in HF_ROWS]
+    assert records[0] == {
+        "question": "Which city is the capital of France?",
+        "answers": ["Paris", "Paris, France", "Ville Lumière"],
+        "id": "tc_0",
+    }
+    assert records[1]["answers"] == ["William Shakespeare", "Shakespeare", "The Bard"]
+    assert records[3]["answers"] == ["8", "Eight"]  # value first, duplicates dropped
+
+
+def test_hf_layout_as_a_json_list_equals_json_lines(tmp_path):
+    as_list = tmp_path / "tqa_list.json"
+    as_list.write_text(json.dumps(HF_ROWS), encoding="utf-8")
+    as_lines = tmp_path / "tqa.jsonl"
+    as_lines.write_text("".join(json.dumps(r) + "\n" for r in HF_ROWS), encoding="utf-8")
+    assert (
+        read_triviaqa(str(as_list))
+        == read_triviaqa(str(as_lines))
+        == read_triviaqa(str(_write_to_json(tmp_path / "tqa.json", HF_ROWS)))
+    )
+
+
+def test_simple_layout_first_answer_is_the_target(tmp_path):
+    file = tmp_path / "simple.jsonl"
+    rows = [{"question": "2+2?", "answers": ["4", "four"]}, {"question": "Capital of Italy?", "answers": "Rome"}]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    records = read_triviaqa(str(file))
+    assert records == [
+        {"question": "2+2?", "answers": ["4", "four"], "id": None},
+        {"question": "Capital of Italy?", "answers": ["Rome"], "id": None},
+    ]
+    assert to_instruction_rows(records) == [
+        {"instruction": "2+2?", "input": "", "output": " 4"},
+        {"instruction": "Capital of Italy?", "input": "", "output": " Rome"},
+    ]
+
+
+BAD_ROWS = {
+    "no_question": ({"answers": ["x"]}, r"row 1 of .*bad\.json has no 'question' field"),
+    "empty_question": ({"question": "  ", "answers": ["x"]}, r"row 1 of .* has an empty or non-text 'question'"),
+    "no_answer": ({"question": "q"}, r"row 1 of .* has no 'answer' or 'answers' field"),
+    "answer_without_value": ({"question": "q", "answer": {"aliases": ["x"]}}, r"row 1 of .* no 'answer.value' field"),
+    "empty_value": ({"question": "q", "answer": {"value": "", "aliases": []}}, r"row 1 of .*empty 'answer.value'.*"),
+    "aliases_not_strings": (
+        {"question": "q", "answer": {"value": "x", "aliases": [1]}},
+        r"row 1 of .*: 'answer.aliases' is a list, expected a list of strings",
+    ),
+    "answers_not_list": ({"question": "q", "answers": 4}, r"row 1 of .*: 'answers' is a int, expected a list"),
+    "answers_empty": ({"question": "q", "answers": []}, r"row 1 of .* has an empty 'answers' list"),
+    "row_not_object": (["q", "a"], r"row 1 of .* is a list, expected an object"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ROWS))
+def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path, name):
+    import re
+
+    row, pattern = BAD_ROWS[name]
+    file = tmp_path / "bad.json"
+    file.write_text(json.dumps([{"question": "ok", "answers": ["fine"]}, row]), encoding="utf-8")
+    with pytest.raises(SortedNetError) as error:
+        read_triviaqa(str(file))
+    assert re.search(pattern, _one_line(error)), str(error.value)
+    with pytest.raises(SortedNetError) as error:  # the training path reports the same
+        training_rows(str(file))
+    assert re.search(pattern, _one_line(error)), str(error.value)
+
+
+def test_a_bad_first_row_is_still_reported_as_triviaqa(tmp_path):
+    file = tmp_path / "bad.jsonl"
+    file.write_text(json.dumps({"answers": ["x"]}) + "\n", encoding="utf-8")
+    with pytest.raises(SortedNetError) as error:
+        training_rows(str(file))
+    assert "row 0 of" in _one_line(error) and "no 'question' field" in str(error.value)
+
+
+def test_hub_ids_are_told_apart_from_files(tmp_path):
+    assert is_triviaqa_hub_id("trivia_qa") and is_triviaqa_hub_id("mandarjoshi/trivia_qa")
+    assert is_triviaqa_hub_id("someone/TriviaQA")
+    for path in ("tatsu-lab/alpaca", "./trivia_qa", "/data/trivia_qa", "trivia_qa.jsonl", "a/b/trivia_qa"):
+        assert not is_triviaqa_hub_id(path), path
+
+
+def test_unreachable_hub_asks_for_a_local_file(monkeypatch, tokenizer, tmp_path):
+    import sortednet.hub
+
+    monkeypatch.setattr(sortednet.hub, "hub_reachable", lambda *a, **k: False)
+    with pytest.raises(SortedNetError) as error:
+        read_triviaqa("mandarjoshi/trivia_qa")
+    message = _one_line(error)
+    assert "hub is unreachable" in message and "local file" in message and "unfiltered.nocontext" in message
+    with pytest.raises(SortedNetError) as error:
+        load_tokenized("mandarjoshi/trivia_qa", tokenizer, "triviaqa", 64, True, tmp_path / "cache")
+    assert "hub is unreachable" in _one_line(error)
+    assert not list((tmp_path / "cache").rglob("*.arrow"))
+
+
+def test_alpaca_rows_pass_through_unchanged(tmp_path):
+    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"}]
+    file = tmp_path / "alpaca.json"
+    file.write_text(json.dumps(rows), encoding="utf-8")
+    assert training_rows(str(file)) == rows
+
+
+# 2. Training rows through the DataModule -----------------------------------------------------------
+
+
+def test_triviaqa_file_trains_question_to_answer_with_the_prompt_masked(tokenizer, tmp_path):
+    file = _write_to_json(tmp_path / "train.json", HF_ROWS)
+    config = DataConfig(path=str(file), prompt_style="triviaqa", max_length=64, val_size=2, batch_size=4)
+    dm = AlpacaDataModule(config, tokenizer, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert len(dm.train_set) == 4 and len(dm.val_rows) == 2
+    by_question = {r["question"]: r["answer"]["value"] for r in HF_ROWS}
+    everything = dm._load()
+    assert len(everything) == len(HF_ROWS)
+    for row in everything:
+        prompt = TRIVIAQA.format(row["instruction"])
+        assert prompt == f"Question: {row['instruction']}\nAnswer:"
+        n = row["prompt_len"]
+        assert row["input_ids"][:n] == tokenizer(prompt)["input_ids"] and row["input_ids"][0] == tokenizer.bos_token_id
+        assert row["labels"][:n] == [IGNORE_INDEX] * n
+        assert row["labels"][n:] == row["input_ids"][n:]
+        assert row["labels"][-1] == tokenizer.eos_token_id
+        answer = by_question[row["instruction"]]
+        assert row["output"] == " " + answer
+        assert tokenizer.decode(row["labels"][n:]) == f" {answer}{tokenizer.eos_token}"
+
+    batch = next(iter(dm.train_dataloader()))
+    answers = set()
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        kept = labels[labels != IGNORE_INDEX]
+        assert (kept == ids[labels != IGNORE_INDEX]).all()
+        answers.add(tokenizer.decode(kept, skip_special_tokens=True).strip())
+    assert answers <= set(by_question.values()) and len(answers) == 4
+
+
+def test_data_triviaqa_composes_with_the_schema(tokenizer):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import sortednet.train  # noqa: F401  (registers the schema)
+
+    conf = Path(__file__).parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("train", overrides=["run_dir=/tmp/unused", "data=triviaqa"]))
+    assert cfg.data.prompt_style == "triviaqa" and cfg.data.path == "mandarjoshi/trivia_qa"
+    assert is_triviaqa_hub_id(cfg.data.path)
+    AlpacaDataModule(cfg.data, tokenizer, "/tmp/unused")
+
+
+# 3. Metrics ----------------------------------------------------------------------------------------
+
+CASED = [  # (prediction, aliases, expected)
+    ("Paris", ["Paris"], True),
+    ("  Paris \nQuestion: Who wrote Hamlet?", ["Paris"], True),
+    ("\n\nParis", ["Paris"], True),
+    ("paris", ["Paris"], False),
+    ("Paris.", ["Paris"], False),
+    ("The Beatles", ["Beatles", "The Beatles"], True),
+    ("The Beatles", ["Beatles"], False),
+    ("Paris", [" Paris "], True),
+    ("", ["Paris"], False),
+    ("Paris", [], False),
+]
+
+
+@pytest.mark.parametrize("prediction, aliases, expected", CASED)
+def test_exact_match_cased(prediction, aliases, expected):
+    assert exact_match_cased(prediction, aliases) is expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The  Beatles!", "beatles"),
+        ("An apple a day", "apple day"),
+        ("Rock 'n' Roll", "rock n roll"),
+        ("U.S.A.", "usa"),
+        ("theatre Anthem", "theatre anthem"),
+        ("  A  ", ""),
+        ("“Quoted” ‘text’", "quoted text"),
+        ("Ville\tLumière", "ville lumière"),
+    ],
+)
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "prediction, aliases, expected",
+    [
+        ("the beatles.", ["Beatles"], True),
+        ("paris", ["Paris"], True),
+        ("Paris, France", ["Paris"], False),
+        ("Paris, France", ["Paris", "paris france"], True),
+        ("Paris\nFrance", ["Paris France"], False),
+        ("Rome", ["Paris"], False),
+    ],
+)
+def test_exact_match_normalized(prediction, aliases, expected):
+    assert exact_match_normalized(prediction, aliases) is expected
+
+
+@pytest.mark.parametrize(
+    "prediction, aliases, expected",
+    [
+        ("Paris", ["Paris"], 1.0),
+        ("Paris France", ["Paris"], 2 / 3),  # precision 1/2, recall 1
+        ("the red house", ["Red House Painters"], 0.8),  # precision 1, recall 2/3
+        ("Red House", ["blue", "red house painters", "house"], 0.8),  # the best alias
+        ("paris paris", ["Paris"], 2 / 3),  # a repeated token counts once against one
+        ("Rome", ["Paris"], 0.0),
+        ("", ["Paris"], 0.0),
+        ("a", ["The"], 1.0),  # both normalize to nothing
+        ("Paris", [], 0.0),
+    ],
+)
+def test_f1(prediction, aliases, expected):
+    assert f1(prediction, aliases) == pytest.approx(expected, abs=1e-12)
+
+
+def test_score_answers_averages_and_counts():
+    predictions = ["Paris", "paris", "The Beatles\nmore text", "London", "Paris France"]
+    aliases = [["Paris"], ["Paris"], ["Beatles"], ["Paris"], ["Paris"]]
+    scores = score_answers(predictions, aliases)
+    assert scores == {
+        "em_cased": 1 / 5,
+        "em": 3 / 5,
+        "f1": pytest.approx((1 + 1 + 1 + 0 + 2 / 3) / 5, abs=1e-12),
+        "n": 5,
+        "em_cased_hits": 1,
+        "em_hits": 3,
+    }
+    empty = score_answers([], [])
+    assert empty["n"] == 0 and math.isnan(empty["em_cased"]) and math.isnan(empty["f1"])
+    with pytest.raises(SortedNetError) as error:
+        score_answers(["a"], [["a"], ["b"]])
+    assert "1 predictions for 2 questions" in _one_line(error)
+
+
+# 4. Per-exit evaluation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def net(embedded_root):
+    from transformers import AutoModelForCausalLM
+
+    from sortednet.model import SortedLM
+
+    return SortedLM(AutoModelForCausalLM.from_pretrained(embedded_root / "model")).eval()
+
+
+RECORDS = [
+    {"question": "Which city is the capital of France?", "answers": ["Paris"], "id": "q0"},
+    {"question": "Who wrote Hamlet?", "answers": ["William Shakespeare", "Shakespeare"], "id": "q1"},
+    {"question": "How many legs has a spider?", "answers": ["8", "Eight"], "id": None},
+]
+
+
+def test_question_prompts_use_the_checkpoint_template_like_training(tokenizer):
+    question = RECORDS[0]["question"]
+    triviaqa = question_prompts(tokenizer, {"prompt_style": "triviaqa"}, RECORDS)
+    assert triviaqa[0] == tokenizer(f"Question: {question}\nAnswer:")["input_ids"]
+    assert triviaqa[0][0] == tokenizer.bos_token_id
+    assert (
+        question_prompts(tokenizer, {"prompt_style": "alpaca"}, RECORDS)[0]
+        == (tokenizer(ALPACA.format(question))["input_ids"])
+    )
+    exported = {
+        "prompt_style": "custom",
+        "prompt_template": {"with_input": "{input}", "without_input": "Q {instruction} A"},
+    }
+    assert question_prompts(tokenizer, exported, RECORDS)[1] == tokenizer("Q Who wrote Hamlet? A")["input_ids"]
+
+
+def test_evaluate_exits_scores_each_exit_greedy_answers(net, tokenizer, tmp_path):
+    meta = {"prompt_style": "triviaqa"}
+    prompts = [tokenizer(TRIVIAQA.format(r["question"]))["input_ids"] for r in RECORDS]
+    last = greedy_answers(net, tokenizer, prompts, 8, 8, batch_size=2)
+    # Make exit 8's first answer right, so its cased exact match is known not to be zero.
+    assert answer_line(last[0])
+    records = [{**RECORDS[0], "answers": ["Paris", answer_line(last[0])]}, *RECORDS[1:]]
+
+    results = evaluate_exits(net, tokenizer, meta, records, [2, 8], max_new_tokens=8, batch_size=2)
+    assert [r["exit"] for r in results] == [2, 8]
+    for result in results:
+        predictions = greedy_answers(net, tokenizer, prompts, result["exit"], 8, batch_size=2)
+        assert [x["prediction"] for x in result["examples"]] == predictions
+        expected = score_answers(predictions, [r["answers"] for r in records])
+        assert {k: result[k] for k in expected} == pytest.approx(expected, nan_ok=True)
+        assert [x["id"] for x in result["examples"]] == ["q0", "q1", None]
+    assert results[1]["em_cased_hits"] >= 1 and results[1]["examples"][0]["em_cased"] is True
+
+    file = write_predictions(results, tmp_path / "out" / "predictions.jsonl")
+    lines = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 2 * len(records)
+    assert lines[3] == {"exit": 8, **results[1]["examples"][0]}
+    assert set(lines[0]) == {"exit", "id", "question", "answers", "prediction", "em_cased", "em", "f1"}
+
+
+def test_evaluate_exits_refuses_bad_input(net, tokenizer):
+    meta = {"prompt_style": "triviaqa"}
+    with pytest.raises(SortedNetError) as error:
+        evaluate_exits(net, tokenizer, meta, [], [8])
+    assert "no TriviaQA questions" in _one_line(error)
+    with pytest.raises(SortedNetError) as error:
+        evaluate_exits(net, tokenizer, meta, RECORDS, [0, 9])
+    assert "[1, 8]" in _one_line(error)

@@ -43,6 +43,7 @@ def test_soft_step_adds_one_head_per_exit():
     soft = train_step_flops(cfg, 8, n_tokens=1024, n_label_tokens=512, seq_len=256)
     assert soft - sft == 7 * head_flops(cfg, 512)
     assert train_step_flops(cfg, 1, 1024, 512, 256, frozen_body=True) < sft
+    assert train_step_flops(cfg, 8, 1024, 512, 256, adapters_only=True) == pytest.approx(2 / 3 * soft)
 
 
 def test_spread_exits():

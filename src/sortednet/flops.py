@@ -30,11 +30,21 @@ def head_flops(config, n_label_tokens: int) -> float:
 
 
 def train_step_flops(
-    config, n_exits: int, n_tokens: int, n_label_tokens: int, seq_len: int, frozen_body: bool = False
+    config,
+    n_exits: int,
+    n_tokens: int,
+    n_label_tokens: int,
+    seq_len: int,
+    frozen_body: bool = False,
+    adapters_only: bool = False,
 ) -> float:
     """A SoFT step (``n_exits`` = 1 is SFT): the body once, one head pass per exit at label positions.
 
-    ``frozen_body`` (ICT) runs the body forward only.
+    ``frozen_body`` (ICT) runs the body forward only. ``adapters_only`` (LoRA): every base weight is frozen, so
+    body and heads make no weight gradients — 2 of the 3 passes (the adapters' own small matmuls not counted).
     """
     body = body_flops(config, config.num_hidden_layers, n_tokens, seq_len)
-    return (body / 3 if frozen_body else body) + n_exits * head_flops(config, n_label_tokens)
+    heads = n_exits * head_flops(config, n_label_tokens)
+    if adapters_only:
+        return 2 / 3 * (body + heads)
+    return (body / 3 if frozen_body else body) + heads

@@ -183,7 +183,9 @@ class SortedModule(L.LightningModule):
             "exits": self.eval_exits,
             "num_layers": self.net.num_layers,
             "exit_heads": sorted(int(e) for e in self.net.exit_heads) if self.net.exit_heads else [],
-            "hf_config": self.net.lm.config.to_dict(),
+            # a QLoRA base's quantization_config holds enums that weights-only loading refuses; it is served
+            # unquantized anyway (``quantization`` records how it was trained)
+            "hf_config": {k: v for k, v in self.net.lm.config.to_dict().items() if k != "quantization_config"},
             "model": self.model_config.name_or_path,
             "tokenizer": self.model_config.tokenizer or self.model_config.name_or_path,
             "prompt_style": self.prompt_style,
@@ -224,10 +226,10 @@ class SortedModule(L.LightningModule):
         logged = loss.detach()
         if self.trainer.world_size > 1:
             loss, logged, losses = self._global_token_mean(loss, losses, n_labels)
-        frozen = self.objective.name == "ict"
+        frozen, adapters = self.objective.name == "ict", self.model_config.lora.rank > 0
         # read by the throughput callback for TFLOP/s and MFU
         self.flops_per_batch = train_step_flops(
-            self.net.lm.config, len(losses), ids.numel(), n_labels, ids.shape[1], frozen
+            self.net.lm.config, len(losses), ids.numel(), n_labels, ids.shape[1], frozen, adapters
         )
         size = batch["input_ids"].shape[0]
         self.log_dict({f"train/loss_exit_{e}": v for e, v in losses.items()}, batch_size=size)

@@ -41,7 +41,11 @@ TRIVIAQA = PromptStyle(
     without_input="Question: {instruction}\nAnswer:",
 )
 
-PROMPT_STYLES: dict[str, PromptStyle] = {"alpaca": ALPACA, "triviaqa": TRIVIAQA}
+# The instruction alone, verbatim: for rows whose instruction already is the whole prompt (a judge's prompt, as
+# sortednet.eval.pandalm.build_prompt writes it). The input, if any, is not shown.
+PLAIN = PromptStyle(with_input="{instruction}", without_input="{instruction}")
+
+PROMPT_STYLES: dict[str, PromptStyle] = {"alpaca": ALPACA, "triviaqa": TRIVIAQA, "plain": PLAIN}
 
 
 def get_prompt_style(name: str) -> PromptStyle:

@@ -85,7 +85,6 @@ def build_model(
     if not lm_state:
         raise SortedNetError(f"{source!r} holds no model weights (net.lm.*); pass a checkpoint of sortednet.train")
     hf_config = dict(meta["hf_config"])
-    hf_config.pop("quantization_config", None)  # a QLoRA run's base was loaded in 4 bits; served unquantized
     model_type = hf_config.pop("model_type", None)
     if not model_type:
         raise SortedNetError(f"{source!r}: its stored Hugging Face config has no model_type")

@@ -45,7 +45,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = "embedded"
-    """Alpaca-format ``.json``/``.jsonl`` file, or a hub id such as ``tatsu-lab/alpaca``."""
+    """Alpaca-format ``.json``/``.jsonl`` file, or a hub id such as ``tatsu-lab/alpaca``; with
+    ``data=triviaqa``, a TriviaQA file or hub id (see ``sortednet.data.triviaqa``)."""
     prompt_style: str = "alpaca"
     """Prompt template, from :data:`sortednet.data.prompts.PROMPT_STYLES`."""
     max_length: int = 512

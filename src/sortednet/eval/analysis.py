@@ -30,32 +30,14 @@ from sortednet.model import SortedLM
 FIELDS = ("exit", "position", "kl", "cosine", "n")
 
 
-class _TokenIdsOut:
-    """The tokenizer, except that ``batch_decode`` hands back token ids: lets the shared greedy decoder
-    (:func:`sortednet.eval.exits.greedy_answers`) return the generated tokens themselves, not their text."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name: str):
-        return getattr(self._tokenizer, name)
-
-    def batch_decode(self, ids: torch.Tensor, **_) -> list[list[int]]:
-        return ids.tolist()
-
-
 def greedy_continuations(
     net: SortedLM, tokenizer, prompts_ids: Sequence[Sequence[int]], positions: int, batch_size: int = 8
 ) -> list[list[int]]:
     """The last layer's greedy continuation of each prompt: at most ``positions`` token ids, cut after the
     first EOS (kept: it is a generated token)."""
-    from sortednet.eval.exits import greedy_answers
+    from sortednet.eval.exits import greedy_ids
 
-    generated = greedy_answers(
-        net, _TokenIdsOut(tokenizer), [list(p) for p in prompts_ids], net.num_layers, positions, batch_size
-    )
-    eos = tokenizer.eos_token_id
-    return [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in generated]
+    return greedy_ids(net, tokenizer, [list(p) for p in prompts_ids], net.num_layers, positions, batch_size)
 
 
 def _same_tokenizer(a, b) -> bool:

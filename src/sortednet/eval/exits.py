@@ -10,7 +10,6 @@ from sortednet.data.alpaca import pad_id
 from sortednet.model import SortedLM
 
 
-@torch.no_grad()
 def greedy_answers(
     net: SortedLM,
     tokenizer,
@@ -19,7 +18,22 @@ def greedy_answers(
     max_new_tokens: int,
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy continuations of tokenized prompts by sub-model ``exit_`` (left-padded batches, KV cache)."""
+    """Greedy continuations of tokenized prompts by sub-model ``exit_``, as text (special tokens dropped)."""
+    generated = greedy_ids(net, tokenizer, prompt_ids, exit_, max_new_tokens, batch_size)
+    return tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def greedy_ids(
+    net: SortedLM,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    exit_: int,
+    max_new_tokens: int,
+    batch_size: int = 32,
+) -> list[list[int]]:
+    """Greedy continuations of tokenized prompts by sub-model ``exit_`` (left-padded batches, KV cache): the
+    generated token ids of each prompt, up to and including its first EOS."""
     answers = []
     device = next(net.parameters()).device
     pad = pad_id(tokenizer)
@@ -40,7 +54,9 @@ def greedy_answers(
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            eos = tokenizer.eos_token_id
+            for ids in out[:, width:].tolist():
+                answers.append(ids[: ids.index(eos) + 1] if eos in ids else ids)
     return answers
 
 

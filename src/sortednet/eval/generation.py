@@ -7,8 +7,8 @@ For checkpoint name N and exit K the run directory gets
   instruction set has a reference ``output``: ``reference`` and ``exact`` (answer == reference, stripped);
 - ``answers/N_exitK.meta.json``: ``settings`` (what the answers depend on: the checkpoint's path and
   size/mtime, the exit, a hash of the instruction set, the prompt template, ``max_new_tokens``) and the
-  timing of this exit's decoding: ``seconds`` (wall clock of the whole set), ``answer_tokens`` (the answers
-  re-encoded by the tokenizer, so an estimate of the tokens generated), ``ms_per_token``, ``batch_size``,
+  timing of this exit's decoding: ``seconds`` (wall clock of the whole set), ``answer_tokens`` (the tokens
+  generated, each answer's EOS included), ``ms_per_token``, ``batch_size``,
   ``device``, and ``exact_match`` / ``references`` when references exist.
 
 An answer file whose recorded settings equal the current ones is reused as is; otherwise it is
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from sortednet.errors import SortedNetError
-from sortednet.eval.exits import exact_match, greedy_answers
+from sortednet.eval.exits import exact_match, greedy_ids
 from sortednet.eval.output import write_text_atomically
 
 EMBEDDED = "embedded"
@@ -201,10 +201,11 @@ def generate_answers(
     device = next(net.parameters()).device
     _sync(device)
     began = time.perf_counter()
-    answers = greedy_answers(net, tokenizer, prompts, exit_, max_new_tokens, batch_size)
+    generated = greedy_ids(net, tokenizer, prompts, exit_, max_new_tokens, batch_size)
     _sync(device)
     seconds = time.perf_counter() - began
-    tokens = sum(len(t) for t in tokenizer(answers, add_special_tokens=False)["input_ids"])
+    answers = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    tokens = sum(map(len, generated))
     lines = []
     for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
         line = {"index": index, "instruction": item["instruction"], "input": item["input"], "output": answer}

@@ -63,8 +63,9 @@ evaluate pareto pareto ckpt="[$soft,$sft,$ict]" names=[soft,sft,ict] metric=exac
   limit=100 batch_size=25
 $py experiments/make_judge_data.py agreement "$eval" | tee "$eval/agreement.txt"
 
-for png in "$eval"/*.png; do
-  cp "$png" "experiments/results/evaluate_embedded_$(basename "$png")"
+for png in "$eval"/*.png; do  # analysis-2.png is the second analysis run: SFT's exits
+  name=$(basename "$png")
+  cp "$png" "experiments/results/evaluate_embedded_${name/analysis-2/analysis_sft}"
 done
 {
   echo "# $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD): bash experiments/evaluate_embedded.sh"

@@ -116,7 +116,9 @@ def judge_rows(rows: list[dict], pool: dict[str, list[dict]], rng: random.Random
 
     def add(row, first, second, verdict):
         prompt = build_prompt(row["instruction"], row["input"], first, second)
-        out.append({"instruction": prompt, "input": "", "output": VERDICT_TEXT[verdict], "family": family(row["instruction"])})
+        out.append(
+            {"instruction": prompt, "input": "", "output": VERDICT_TEXT[verdict], "family": family(row["instruction"])}
+        )
 
     for row in rows:
         wrong = wrong_answer(row, pool, rng)
@@ -150,7 +152,9 @@ def make_data(args) -> None:
         with (out / f"{name}.jsonl").open("w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in judged)
         verdicts = Counter(r["output"] for r in judged)
-        print(f"{out / name}.jsonl: {len(judged)} judge rows from {len(task_rows)} task rows, verdicts {dict(verdicts)}")
+        print(
+            f"{out / name}.jsonl: {len(judged)} judge rows from {len(task_rows)} task rows, verdicts {dict(verdicts)}"
+        )
     print(
         f"task rows: seed {args.seed}, {len(candidates) - len(rows)} of {len(candidates)} left out because the first "
         f"{args.exclude_first} embedded validation items ask the same"

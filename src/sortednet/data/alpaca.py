@@ -33,15 +33,7 @@ def read_rows(path: str) -> list[dict]:
         text = file.read_text(encoding="utf-8")
         try:
             if file.suffix == ".jsonl" or _holds_json_lines(text):
-                rows = []
-                for number, line in enumerate(text.splitlines(), 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as error:
-                            raise SortedNetError(
-                                f"malformed JSON in {path} at line {number}: {error.msg}; fix that line"
-                            ) from error
+                rows = json_lines(text, path)
             else:
                 rows = json.loads(text)
         except json.JSONDecodeError as error:
@@ -55,6 +47,20 @@ def read_rows(path: str) -> list[dict]:
     if path.startswith((".", "/", "~")) or path.endswith((".json", ".jsonl")) or path.count("/") > 1:
         raise SortedNetError(f"data file {path!r} not found; pass data.path=FILE.json|FILE.jsonl or a hub id")
     return _read_hub_rows(path)
+
+
+def json_lines(text: str, path) -> list:
+    """The documents of a JSON Lines text (blank lines skipped); a one-line error naming a malformed line."""
+    documents = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                documents.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise SortedNetError(
+                    f"malformed JSON in {path} at line {number}: {error.msg}; fix that line"
+                ) from error
+    return documents
 
 
 def _holds_json_lines(text: str) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from sortednet.data.alpaca import json_lines
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import exact_match, greedy_ids
 from sortednet.eval.output import write_text_atomically
@@ -127,16 +128,7 @@ def read_answer_file(path: Path) -> list[dict]:
     """The lines of an answer file, or a one-line error."""
     if not path.is_file():
         raise SortedNetError(f"answer file {path} not found; run suite=generate first")
-    lines = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise SortedNetError(
-                    f"answer file {path} line {number} is not JSON ({error.msg}); delete it"
-                ) from error
-    return lines
+    return json_lines(path.read_text(encoding="utf-8"), path)
 
 
 def reusable(path: Path, settings: dict) -> tuple[list[dict], dict] | None:

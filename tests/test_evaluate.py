@@ -211,7 +211,7 @@ def test_pareto_suite_measures_cost_and_scores_exact_match(ckpts, rows_file, tmp
 
 def test_pareto_suite_on_loss_with_recorded_costs(ckpts, rows_file, tmp_path, capsys):
     """Costs come from the latency profile cached beside each checkpoint (here written by the test)."""
-    from sortednet.generate import PROFILE_TOKENS, device_key
+    from sortednet.generate import PROFILE_REPEATS, PROFILE_TOKENS, device_key
 
     costs = {"soft": {"2": 1.0, "8": 4.0}, "sft": {"2": 1.5, "8": 3.0}}
     paths = []
@@ -220,7 +220,7 @@ def test_pareto_suite_on_loss_with_recorded_costs(ckpts, rows_file, tmp_path, ca
         shutil.copyfile(ckpts[name], path)
         key = device_key(torch.device("cpu"), torch.float32)
         Path(f"{path}.latency.json").write_text(
-            json.dumps({key: {"tokens": PROFILE_TOKENS, "ms_per_token": costs[name]}})
+            json.dumps({key: {"tokens": PROFILE_TOKENS, "repeats": PROFILE_REPEATS, "ms_per_token": costs[name]}})
         )
         paths.append(str(path))
     out = tmp_path / "run"

@@ -40,7 +40,7 @@ from sortednet import cli
 from sortednet.errors import SortedNetError
 
 MODES = ("exit", "speculative", "dynamic")
-PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 3
+PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 5
 PROFILE_INSTRUCTION = "Write one sentence about the weather."
 
 
@@ -295,20 +295,19 @@ def measure_latency(net, tokenizer, meta: dict, device: torch.device) -> dict[in
         pad_token_id=pad_id(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
     )
-    profile = {}
-    for e in meta["exits"]:
-        with net.at_exit(e) as lm:
-            for _ in range(PROFILE_WARMUP):
-                lm.generate(input_ids=ids, **kwargs)
-            times = []
-            for _ in range(PROFILE_REPEATS):
+    times: dict[int, list[float]] = {e: [] for e in meta["exits"]}
+    # Rounds over all exits rather than all runs of one exit, then the next: a slow spell of the machine
+    # (clock ramp-up, a neighbour's job) then spreads over every exit instead of inflating one.
+    for round_ in range(PROFILE_WARMUP + PROFILE_REPEATS):
+        for e in meta["exits"]:
+            with net.at_exit(e) as lm:
                 _sync(device)
                 start = time.perf_counter()
                 lm.generate(input_ids=ids, **kwargs)
                 _sync(device)
-                times.append(time.perf_counter() - start)
-        profile[e] = 1000 * statistics.median(times) / PROFILE_TOKENS
-    return profile
+                if round_ >= PROFILE_WARMUP:
+                    times[e].append(time.perf_counter() - start)
+    return {e: 1000 * statistics.median(t) / PROFILE_TOKENS for e, t in times.items()}
 
 
 def latency_profile(cfg: GenerateConfig, net, tokenizer, meta, device) -> tuple[dict[int, float], Path, bool]:
@@ -323,7 +322,8 @@ def latency_profile(cfg: GenerateConfig, net, tokenizer, meta, device) -> tuple[
         cache = {}
     entry = cache.get(key) or {}
     cached = {int(e): float(ms) for e, ms in (entry.get("ms_per_token") or {}).items()}
-    if all(e in cached for e in meta["exits"]) and entry.get("tokens") == PROFILE_TOKENS:
+    same_method = entry.get("tokens") == PROFILE_TOKENS and entry.get("repeats") == PROFILE_REPEATS
+    if all(e in cached for e in meta["exits"]) and same_method:
         return {e: cached[e] for e in meta["exits"]}, path, True
     print(f"measuring the latency of exits {meta['exits']} on {key} ...", file=sys.stderr)
     profile = measure_latency(net, tokenizer, meta, device)
@@ -333,6 +333,7 @@ def latency_profile(cfg: GenerateConfig, net, tokenizer, meta, device) -> tuple[
         "dtype": str(net.lm_head.weight.dtype).removeprefix("torch."),
         "tokens": PROFILE_TOKENS,
         "warmup": PROFILE_WARMUP,
+        "repeats": PROFILE_REPEATS,
         "ms_per_token": {str(e): round(ms, 4) for e, ms in profile.items()},
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

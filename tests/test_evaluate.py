@@ -341,3 +341,29 @@ def test_default_names_and_output_directory():
     assert evaluate.default_name("runs/a/checkpoints/last.ckpt") == "a"
     assert evaluate.default_name("/x/soft.ckpt") == "soft" and evaluate.default_name("/x/export-4/") == "export-4"
     assert evaluate.default_out().parts[:2] == ("outputs", "eval")
+
+
+def test_results_go_to_wandb_as_tables_and_images(tmp_path):
+    import wandb
+
+    from sortednet.eval.output import RunDir, plot_per_exit
+
+    class Recorder:  # stands in for a wandb run: what RunDir logs, without a W&B process
+        def __init__(self):
+            self.logged = {}
+
+        def log(self, data):
+            self.logged.update(data)
+
+    recorder = Recorder()
+    run = RunDir(tmp_path / "out", recorder)
+    rows = [{"name": "soft", "exit": 2, "loss": 0.5}, {"name": "soft", "exit": 4, "loss": 0.25}]
+    csv_path = run.table("loss", rows)
+    png = run.figure("loss", plot_per_exit(rows, [("loss", "loss")], "per-exit loss"))
+    assert csv_path.read_text().splitlines() == ["name,exit,loss", "soft,2,0.5", "soft,4,0.25"]
+    table = recorder.logged["eval/loss/table"]
+    assert isinstance(table, wandb.Table) and table.columns == ["name", "exit", "loss"]
+    assert table.data == [["soft", 2, 0.5], ["soft", 4, 0.25]]
+    assert isinstance(recorder.logged["eval/loss/plot"], wandb.Image) and png.stat().st_size > 1000
+    run.image("heatmap", png)
+    assert isinstance(recorder.logged["eval/heatmap/plot"], wandb.Image)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from sortednet.eval.pandalm import (
     build_prompt,
     judge_matrix,
     judge_pair_sets,
-    load_items,
     load_judge,
     parse_verdict,
     plot_heatmap,
@@ -334,15 +332,16 @@ def test_bad_matrix_and_item_input(monkeypatch, tmp_path):
         write_matrix_csv([], tmp_path / "m.csv")
 
 
-def test_load_items(tmp_path):
-    path = tmp_path / "set.json"
-    path.write_text(json.dumps([{"instruction": "Name a fruit.", "input": "", "motivation_app": "x"}]))
-    assert load_items(path) == [{"instruction": "Name a fruit.", "input": "", "motivation_app": "x"}]
-    with pytest.raises(SortedNetError, match=r"does not exist; download PandaLM's test set \(https://"):
-        load_items(tmp_path / "missing.json")
-    path.write_text("{not json")
-    with pytest.raises(SortedNetError, match="is not valid JSON"):
-        load_items(path)
-    path.write_text("[]")
-    with pytest.raises(SortedNetError, match="the instruction set is empty"):
-        load_items(path)
+SHARED_TESTSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm" / "testset-inference-v1.json"
+
+
+@pytest.mark.skipif(not SHARED_TESTSET.is_file(), reason="PandaLM's test set copy (../shared/data/pandalm) is absent")
+def test_pandalms_own_test_set_reads_and_prompts_in_its_format():
+    from sortednet.eval.generation import read_instructions
+
+    items = read_instructions(str(SHARED_TESTSET))
+    assert len(items) == 170 and all(item["instruction"].strip() or item["input"].strip() for item in items)
+    with_input = next(item for item in items if item["input"])
+    prompt = pandalm.build_prompt(with_input["instruction"], with_input["input"], "first", "second")
+    assert prompt.startswith(pandalm.HEADER_WITH_INPUT) and f"### Input:\n{with_input['input']}" in prompt
+    assert prompt.endswith("### Response 1:\nfirst\n\n### Response 2:\nsecond\n\n### Evaluation:\n")

@@ -78,7 +78,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, tit
 
 
 class RunDir:
-    """A run directory plus an optional W&B run: each result is written to disk and logged there."""
+    """A run directory plus an optional W&B run: each result is written to disk and logged there, tables as
+    ``eval/<name>/table`` and plots as ``eval/<name>/plot`` (one key, one type)."""
 
     def __init__(self, root: str | os.PathLike, wandb_run=None):
         self.root = Path(root).expanduser()  # created with the first result, so a failed run leaves nothing
@@ -106,7 +107,7 @@ class RunDir:
 
             columns = list(dict.fromkeys(key for row in rows for key in row))
             data = [[row.get(c) for c in columns] for row in rows]
-            self.wandb_run.log({f"eval/{name}": wandb.Table(columns=columns, data=data)})
+            self.wandb_run.log({f"eval/{name}/table": wandb.Table(columns=columns, data=data)})
 
     def json(self, name: str, data) -> Path:
         path = self._target(f"{name}.json")
@@ -130,7 +131,7 @@ class RunDir:
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({f"eval/{name}": wandb.Image(str(path))})
+            self.wandb_run.log({f"eval/{name}/plot": wandb.Image(str(path))})
         return path
 
     def image(self, name: str, path: Path) -> None:
@@ -138,7 +139,7 @@ class RunDir:
         if self.wandb_run is not None and path.is_file():
             import wandb
 
-            self.wandb_run.log({f"eval/{name}": wandb.Image(str(path))})
+            self.wandb_run.log({f"eval/{name}/plot": wandb.Image(str(path))})
 
 
 def plot_per_exit(table: Sequence[dict], panels: Sequence[tuple[str, str]], title: str):

@@ -14,7 +14,6 @@ Score of answer set A against answer set B (as in the SoFT paper): ``(wins - los
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import Counter
@@ -38,7 +37,6 @@ HEADER_WITHOUT_INPUT = (
 # from responses before judging.
 SPECIAL_MARKERS = ("<s>", "</s>", "<unk>", "<pad>", "[PAD]", "[UNK]", "<|endoftext|>")
 OUTCOMES = ("win", "loss", "tie", "unparseable")
-TESTSET_URL = "https://raw.githubusercontent.com/WeOpenML/PandaLM/main/data/testset-inference-v1.json"
 ROW_AXIS, COL_AXIS = "model A exit", "model B exit"
 LONG_COLUMNS = (
     "row",
@@ -134,24 +132,6 @@ def score(outcomes: Iterable[str | Mapping]) -> dict:
         "unparseable_rate": unparseable / len(names) if names else math.nan,
         "score": (wins - losses) / total if total else math.nan,
     }
-
-
-def load_items(path: str | Path) -> list[dict]:
-    """An instruction set: a JSON list of records with ``instruction`` and optional ``input`` (PandaLM's
-    ``testset-inference-v1.json`` format; other keys are kept)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SortedNetError(
-            f"instruction set {str(path)!r} does not exist; download PandaLM's test set ({TESTSET_URL}) "
-            f"or point at your own JSON list of {{instruction, input}} records"
-        )
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SortedNetError(f"instruction set {str(path)!r} is not valid JSON ({error}); fix or replace it") from None
-    if not isinstance(items, list):
-        raise SortedNetError(f"instruction set {str(path)!r} must hold a JSON list of {{instruction, input}} records")
-    return _check_items(items)
 
 
 def _check_items(items: Sequence[Mapping]) -> list[Mapping]:

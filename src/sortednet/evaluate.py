@@ -280,7 +280,8 @@ def _check_answer_sets(first: list[dict], second: list[dict], first_name: str, s
 def run_pandalm(cfg, paths, names, run) -> list[dict]:
     from sortednet.eval import pandalm
     from sortednet.eval.generation import read_answer_file, read_instructions
-    from sortednet.eval.output import free_path, write_text_atomically
+    from sortednet.eval.output import free_path
+    from sortednet.io import write_text_atomically
 
     if cfg.answers is not None:
         if len(cfg.answers) != 2:

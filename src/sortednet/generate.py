@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +36,7 @@ from transformers.generation import BaseStreamer
 
 from sortednet import cli
 from sortednet.errors import SortedNetError
+from sortednet.io import write_text_atomically
 
 MODES = ("exit", "speculative", "dynamic")
 PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 5
@@ -338,23 +337,10 @@ def latency_profile(cfg: GenerateConfig, net, tokenizer, meta, device) -> tuple[
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        _write_json_atomically(path, cache)
+        write_text_atomically(path, json.dumps(cache, indent=2, sort_keys=True) + "\n")
     except OSError as error:
         print(f"sortednet: warning: cannot cache the latency profile in {path} ({error})", file=sys.stderr)
     return profile, path, False
-
-
-def _write_json_atomically(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(data, file, indent=2, sort_keys=True)
-            file.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pick_exit(profile: dict[int, float], budget_ms: float, where: str) -> int:

@@ -30,7 +30,7 @@ import torch
 from sortednet.data.alpaca import json_lines
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import exact_match, greedy_ids
-from sortednet.eval.output import write_text_atomically
+from sortednet.io import write_text_atomically
 
 EMBEDDED = "embedded"
 PANDALM_FILE = "testset-inference-v1.json"

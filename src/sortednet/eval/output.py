@@ -14,23 +14,10 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary sibling and a rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from sortednet.io import write_file_atomically, write_text_atomically
 
 
 def free_path(path: Path) -> Path:
@@ -119,14 +106,9 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         path = self._target(f"{name}.png")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(fd)
         try:
-            figure.savefig(tmp, dpi=120, bbox_inches="tight")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            write_file_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         finally:
-            Path(tmp).unlink(missing_ok=True)
             plt.close(figure)
         if self.wandb_run is not None:
             import wandb

@@ -13,13 +13,14 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
+from rouge_score.rouge_scorer import RougeScorer
 
 from conftest import save_tiny
 from sortednet import evaluate
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
 from sortednet.data.embedded import make_rows
-from sortednet.eval.exits import greedy_answers
+from sortednet.eval.exits import greedy_answers, greedy_ids
 from sortednet.eval.pareto import pareto_frontier, pareto_table
 from sortednet.inference.load import load_sorted, prompt_style_of
 from sortednet.module import exit_losses
@@ -132,15 +133,24 @@ def test_generate_writes_one_answer_file_per_exit_and_reuses_it(ckpts, rows_file
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(lines) == len(items)
         assert [x["output"] for x in lines] == greedy_answers(net, tokenizer, prompts, e, 6, batch_size=1)
-        for line, item in zip(lines, items, strict=True):
+        ids = greedy_ids(net, tokenizer, prompts, e, 6, batch_size=1)
+        scorer = RougeScorer(["rougeL"], use_stemmer=True)
+        for line, item, answer_ids in zip(lines, items, ids, strict=True):
             assert line["instruction"] == item["instruction"] and line["input"] == item["input"]
             assert line["reference"] == item["output"] and line["exit"] == e and line["ckpt"] == "soft"
             assert line["exact"] == (line["output"].strip() == item["output"].strip())
+            assert line["tokens"] == len(answer_ids) and line["eos"] == (tokenizer.eos_token_id in answer_ids)
+            assert line["rouge_l"] == scorer.score(item["output"], line["output"])["rougeL"].fmeasure
         info = json.loads((out / "answers" / f"soft_exit{e}.meta.json").read_text())
         assert info["seconds"] > 0 and info["answer_tokens"] > 0 and info["ms_per_token"] > 0
         assert info["exact_match"] == sum(x["exact"] for x in lines) / len(lines)
+        assert info["rouge_l"] == pytest.approx(sum(x["rouge_l"] for x in lines) / len(lines), abs=1e-12)
+        assert info["mean_answer_tokens"] == sum(map(len, ids)) / len(ids) == info["answer_tokens"] / len(ids)
+        assert info["eos_share"] == sum(x["eos"] for x in lines) / len(lines)
         assert info["settings"]["max_new_tokens"] == 6 and info["settings"]["exit"] == e
-    assert [int(r["exit"]) for r in _read_csv(out / "generate.csv")] == [2, 8]
+    table = _read_csv(out / "generate.csv")
+    assert [int(r["exit"]) for r in table] == [2, 8]
+    assert {"rouge_l", "mean_answer_tokens", "eos_share"} <= set(table[0])
     assert (out / "generate.png").is_file() and "greedy answers" in stdout
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "answers").iterdir()}
@@ -164,8 +174,10 @@ def test_generate_on_an_instruction_set_without_references(ckpts, tmp_path, caps
     code, _, err = _run([*argv, "max_new_tokens=4"], capsys)
     assert code == 0, err
     lines = [json.loads(line) for line in (out / "answers" / "soft_exit4.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and not any("reference" in x or "exact" in x for x in lines)
-    assert "exact_match" not in json.loads((out / "answers" / "soft_exit4.meta.json").read_text())
+    assert len(lines) == 2 and not any({"reference", "exact", "rouge_l"} & set(x) for x in lines)
+    info = json.loads((out / "answers" / "soft_exit4.meta.json").read_text())
+    assert "exact_match" not in info and "rouge_l" not in info
+    assert info["mean_answer_tokens"] == sum(x["tokens"] for x in lines) / 2 and 0 <= info["eos_share"] <= 1
     code, _, err = _run([*argv, "max_new_tokens=250"], capsys)  # the tiny model's window is 256 positions
     _one_line_error(code, err, "exceed the model's max_position_embeddings=256")
 
@@ -367,3 +379,12 @@ def test_results_go_to_wandb_as_tables_and_images(tmp_path):
     assert isinstance(recorder.logged["eval/loss/plot"], wandb.Image) and png.stat().st_size > 1000
     run.image("heatmap", png)
     assert isinstance(recorder.logged["eval/heatmap/plot"], wandb.Image)
+
+
+def test_rouge_l_is_the_f_measure_of_the_longest_common_subsequence():
+    from sortednet.eval.generation import rouge_l
+
+    # LCS "the cat sat" = 3 tokens: precision 3/3, recall 3/6 -> F = 2/3; stemming maps "sitting" to "sit"
+    assert rouge_l(["The cat sat.", "cats sitting"], ["the cat sat on the mat", "cat sit"]) == pytest.approx(
+        [2 / 3, 1.0]
+    )

@@ -2,7 +2,8 @@
 
 Suites (each writes CSV/JSON + PNG into the run directory `out` and prints a table to stdout):
   loss      per-exit validation loss and perplexity on response tokens (data=FILE|embedded)   -> loss.csv/png
-  generate  per-exit greedy answers to an instruction set, with timing  -> answers/<name>_exit<K>.jsonl,
+  generate  per-exit greedy answers to an instruction set, with timing, mean answer length, share ending on
+            EOS, and exact match + ROUGE-L when rows have a reference output  -> answers/<name>_exit<K>.jsonl,
             answers/<name>_exit<K>.meta.json, generate.csv/png
   pandalm   a judge model compares two answer sets in both orders; rows = exits of ckpt 1, columns = exits
             of ckpt 2 (of ckpt 1 when only one is given); or answers=[A.jsonl,B.jsonl]  -> pandalm.csv/png,
@@ -239,14 +240,24 @@ def run_generate(cfg, paths, names, run) -> list[dict]:
                 "seconds": info["seconds"],
                 "answer_tokens": info["answer_tokens"],
                 "ms_per_token": info["ms_per_token"],
+                "mean_answer_tokens": info["mean_answer_tokens"],
+                "eos_share": info["eos_share"],
                 "exact_match": info.get("exact_match"),
+                "rouge_l": info.get("rouge_l"),
                 "reused": reused,
             }
         )
     run.table("generate", table)
-    panels = [("ms_per_token", "ms per answer token"), ("exact_match", "exact match")]
+    panels = [
+        ("ms_per_token", "ms per answer token"),
+        ("mean_answer_tokens", "mean answer length (tokens)"),
+        ("eos_share", "share of answers ending on EOS"),
+        ("rouge_l", "ROUGE-L F vs reference"),
+        ("exact_match", "exact match"),
+    ]
     run.figure("generate", plot_per_exit(table, panels, "greedy answers per exit"))
-    columns = ["name", "exit", "instructions", "seconds", "ms_per_token", "exact_match", "reused"]
+    columns = ["name", "exit", "instructions", "ms_per_token", "mean_answer_tokens", "eos_share", "rouge_l"]
+    columns += ["exact_match", "reused"]
     _show(_table(table, columns, f"greedy answers (max_new_tokens={cfg.max_new_tokens})"))
     return table
 

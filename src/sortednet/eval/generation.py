@@ -3,13 +3,16 @@
 For checkpoint name N and exit K the run directory gets
 
 - ``answers/N_exitK.jsonl``: one JSON object per instruction, in the instruction set's order:
-  ``index``, ``instruction``, ``input``, ``output`` (the answer), ``exit``, ``ckpt`` (the name), and when the
-  instruction set has a reference ``output``: ``reference`` and ``exact`` (answer == reference, stripped);
+  ``index``, ``instruction``, ``input``, ``output`` (the answer), ``exit``, ``ckpt`` (the name), ``tokens``
+  (answer length in tokens, its EOS included), ``eos`` (the answer ended on EOS, not on ``max_new_tokens``),
+  and when the instruction set has a reference ``output``: ``reference``, ``exact`` (answer == reference,
+  stripped) and ``rouge_l`` (ROUGE-L F-measure of answer vs reference, from ``rouge-score``);
 - ``answers/N_exitK.meta.json``: ``settings`` (what the answers depend on: the checkpoint's path and
   size/mtime, the exit, a hash of the instruction set, the prompt template, ``max_new_tokens``) and the
   timing of this exit's decoding: ``seconds`` (wall clock of the whole set), ``answer_tokens`` (the tokens
-  generated, each answer's EOS included), ``ms_per_token``, ``batch_size``,
-  ``device``, and ``exact_match`` / ``references`` when references exist.
+  generated, each answer's EOS included), ``ms_per_token``, ``batch_size``, ``device``; the answers'
+  ``mean_answer_tokens`` and ``eos_share``; and ``exact_match`` / ``rouge_l`` / ``references`` when references
+  exist.
 
 An answer file whose recorded settings equal the current ones is reused as is; otherwise it is
 regenerated and replaced atomically (the ``.meta.json`` last, so a crash never leaves a file that looks
@@ -123,6 +126,8 @@ def answer_settings(ckpt: str, exit_: int, items: list[dict], max_new_tokens: in
         "prompt_template": [style.with_input, style.without_input],
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
+        # 2: lines carry tokens/eos/rouge_l; answer files written before are regenerated, not half-reported
+        "line_format": 2,
     }
 
 
@@ -166,6 +171,16 @@ def encode(items: list[dict], tokenizer, style, net, max_new_tokens: int) -> lis
     return ids
 
 
+def rouge_l(answers: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F-measure of each answer against its reference, by Google's ``rouge-score`` (its tokenizer:
+    lower case, alphanumeric tokens; Porter stemming, as in the summarisation and Super-NaturalInstructions
+    evaluations)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, answer)["rougeL"].fmeasure for answer, ref in zip(answers, references, strict=True)]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -201,11 +216,12 @@ def generate_answers(
     answers = tokenizer.batch_decode(generated, skip_special_tokens=True)
     tokens = sum(map(len, generated))
     lines = []
-    for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
+    for index, (item, answer, ids) in enumerate(zip(items, answers, generated, strict=True)):
         line = {"index": index, "instruction": item["instruction"], "input": item["input"], "output": answer}
-        line.update(exit=exit_, ckpt=name)
+        line.update(exit=exit_, ckpt=name, tokens=len(ids), eos=bool(ids) and ids[-1] == tokenizer.eos_token_id)
         if "reference" in item:
             line.update(reference=item["reference"], exact=answer.strip() == item["reference"].strip())
+            line["rouge_l"] = rouge_l([answer], [item["reference"]])[0]
         lines.append(line)
     info = {
         "settings": settings,
@@ -218,6 +234,8 @@ def generate_answers(
         "batch_size": batch_size,
         "device": str(device),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mean_answer_tokens": tokens / len(lines),
+        "eos_share": sum(line["eos"] for line in lines) / len(lines),
     }
     with_reference = [line for line in lines if "reference" in line]
     if with_reference:
@@ -225,6 +243,7 @@ def generate_answers(
         info["exact_match"] = exact_match(
             [x["output"] for x in with_reference], [x["reference"] for x in with_reference]
         )
+        info["rouge_l"] = sum(x["rouge_l"] for x in with_reference) / len(with_reference)
     meta_path(path).unlink(missing_ok=True)  # the old meta must not vouch for half-replaced answers
     write_text_atomically(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     write_text_atomically(meta_path(path), json.dumps(info, indent=2) + "\n")

@@ -305,6 +305,34 @@ def test_f1(prediction, aliases, expected):
     assert f1(prediction, aliases) == pytest.approx(expected, abs=1e-12)
 
 
+# (prediction, aliases) in plain ASCII, where our normalisation must equal SQuAD's official one; ours also
+# drops typographic quotes (‘’´“”), which SQuAD keeps.
+SQUAD_CASES = [
+    ("Paris", ["Paris"]),
+    ("the Beatles!", ["The Beatles", "Beatles"]),
+    ("An  apple, a pear", ["apple pear"]),
+    ("Jay-Z", ["Jay Z", "jayz"]),
+    ("William Shakespeare", ["Shakespeare", "Bill Shakespeare"]),
+    ("8 legs", ["8", "eight"]),
+    ("the the cat", ["cat cat"]),
+    ("...", ["a"]),
+    ("", ["Paris"]),
+    ("Theatre of the absurd", ["theatre absurd", "Absurd theatre"]),
+    ("U.S.A.", ["USA", "U S A"]),
+]
+
+
+@pytest.mark.parametrize(("prediction", "aliases"), SQUAD_CASES)
+def test_normalized_em_and_f1_equal_squad_official_scores_from_torchmetrics(prediction, aliases):
+    from torchmetrics.functional.text import squad
+
+    reference = squad(
+        {"prediction_text": prediction, "id": "q"}, {"answers": {"text": aliases, "answer_start": [0]}, "id": "q"}
+    )
+    assert 100 * exact_match_normalized(prediction, aliases) == float(reference["exact_match"])
+    assert 100 * f1(prediction, aliases) == pytest.approx(float(reference["f1"]), abs=1e-4)
+
+
 def test_score_answers_averages_and_counts():
     predictions = ["Paris", "paris", "The Beatles\nmore text", "London", "Paris France"]
     aliases = [["Paris"], ["Paris"], ["Beatles"], ["Paris"], ["Paris"]]

@@ -1,7 +1,11 @@
-"""Loading models and tokenizers from a hub id or a local directory, with one-line errors.
+"""Loading models and tokenizers from a hub id, a local directory or a GGUF file, with one-line errors.
 
 The name ``embedded`` stands for the tiny model and tokenizer that :mod:`sortednet.data.embedded`
 writes under the cache directory; they are then loaded like any other local checkpoint.
+
+A path ending in ``.gguf`` (llama.cpp's format) is read by transformers' own GGUF loader: config, tokenizer
+and weights come from the one file, the weights dequantized to the requested dtype. The loaded model is a
+plain Hugging Face model afterwards (no quantization config left), so it saves and exports like any other.
 """
 
 from __future__ import annotations
@@ -50,6 +54,47 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_parts(path: str) -> tuple[str, str] | None:
+    """``(directory, file name)`` of a ``.gguf`` path (checked: it exists and is a GGUF file), else None."""
+    if not path.endswith(".gguf"):
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SortedNetError(f"GGUF file {path!r} not found; pass model.name_or_path=/path/to/model.gguf")
+    try:
+        with file.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:
+        raise SortedNetError(f"cannot read GGUF file {path!r} ({error.strerror}); check its permissions") from error
+    if magic != GGUF_MAGIC:
+        raise SortedNetError(f"{path!r} is not a GGUF file (no GGUF header); pass a llama.cpp .gguf model file")
+    return str(file.parent), file.name
+
+
+def _from_pretrained(loader, path: str, what: str, **kwargs):
+    """``loader.from_pretrained`` for a directory, hub id or ``.gguf`` file; one-line errors."""
+    gguf = gguf_parts(path)
+    if gguf is None:
+        try:
+            return loader.from_pretrained(path, local_files_only=_local_only(path), **kwargs)
+        except (OSError, ValueError) as error:
+            raise _not_found(path, what, error) from error
+    directory, name = gguf
+    try:
+        return loader.from_pretrained(directory, gguf_file=name, local_files_only=True, **kwargs)
+    except ImportError as error:  # transformers needs the gguf package to read the file
+        raise SortedNetError(f"reading {path!r} needs the gguf package; pip install gguf ({error})") from error
+    except Exception as error:  # the GGUF reader raises many types for truncated or unsupported files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SortedNetError(
+            f"cannot load the {what} in GGUF file {path!r} ({reason}); pass a complete .gguf of a LLaMA-family "
+            f"model (llama, mistral, qwen2, ...) or its Hugging Face directory"
+        ) from error
+
+
 def _local_only(path: str) -> bool:
     return Path(path).expanduser().exists() or not hub_reachable()
 
@@ -72,11 +117,7 @@ def _not_found(name: str, what: str, error: Exception) -> SortedNetError:
 def load_tokenizer(name_or_path: str, cache_dir=None):
     from transformers import AutoTokenizer
 
-    path = resolve(name_or_path, "tokenizer", cache_dir)
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=_local_only(path))
-    except (OSError, ValueError) as error:
-        raise _not_found(path, "tokenizer", error) from error
+    return _from_pretrained(AutoTokenizer, resolve(name_or_path, "tokenizer", cache_dir), "tokenizer")
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None, quantization: str | None = None):
@@ -96,23 +137,26 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None, qu
         compute = DTYPES[dtype] if DTYPES[dtype] != torch.float32 else torch.bfloat16
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         extra = dict(quantization_config=nf4_config(compute), device_map={"": device})
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], local_files_only=_local_only(path), **extra
-        )
-    except (OSError, ValueError) as error:
-        raise _not_found(path, "model", error) from error
+    model = _from_pretrained(AutoModelForCausalLM, path, "model", dtype=DTYPES[dtype], **extra)
+    if gguf_parts(path) is not None:
+        _forget_gguf_quantization(model)
+    return model
+
+
+def _forget_gguf_quantization(model) -> None:
+    """A GGUF-loaded model holds dequantized weights but keeps a GGUF quantizer and ``quantization_config``,
+    which would make ``save_pretrained`` write a config that sends a re-load looking for the file: drop them."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    elif hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def load_config(name_or_path: str, cache_dir=None):
     """The Hugging Face config of a hub id or local directory, without its weights."""
     from transformers import AutoConfig
 
-    path = resolve(name_or_path, "model", cache_dir)
-    try:
-        return AutoConfig.from_pretrained(path, local_files_only=_local_only(path))
-    except (OSError, ValueError) as error:
-        raise _not_found(path, "model", error) from error
+    return _from_pretrained(AutoConfig, resolve(name_or_path, "model", cache_dir), "model")
 
 
 def causal_lm_from_config(architecture, dtype: str = "float32", device: str | torch.device = "meta"):

@@ -120,9 +120,10 @@ def check_rows(rows: list, source: str) -> list[dict]:
 
 def tokenize_rows(rows: list[dict], tokenizer, prompt_style: str, max_length: int, mask_prompt: bool) -> dict:
     """Columns ``input_ids``, ``labels``, ``prompt_len`` (+ the raw text columns) for the rows that fit."""
-    style = get_prompt_style(prompt_style)
+    style = get_prompt_style(prompt_style, tokenizer)
     prompts = [style.format(r["instruction"], r["input"]) for r in rows]
-    examples = [p + r["output"] + tokenizer.eos_token for p, r in zip(prompts, rows, strict=True)]
+    end = style.end_of_response(tokenizer)
+    examples = [p + r["output"] + end for p, r in zip(prompts, rows, strict=True)]
     prompt_ids = tokenizer(prompts)["input_ids"]
     example_ids = tokenizer(examples)["input_ids"]
     columns = {k: [] for k in ("input_ids", "labels", "prompt_len", "instruction", "input", "output")}
@@ -155,6 +156,7 @@ def _fingerprint(path: str, tokenizer, **settings) -> str:
     file = Path(path).expanduser()
     digest.update(file.read_bytes() if file.is_file() else path.encode())
     digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update((getattr(tokenizer, "chat_template", None) or "").encode())
     digest.update(json.dumps({**settings, "eos": tokenizer.eos_token, "format": CACHE_FORMAT}, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

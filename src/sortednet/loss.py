@@ -97,6 +97,11 @@ def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, labels[:, 1:][mask[:, :-1]]
 
 
+def count_labels(labels: torch.Tensor) -> int:
+    """How many label positions (loss rows) ``labels`` holds: ``[seq]`` for one row or ``[batch, seq]``."""
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
+
+
 def normalised(weights: Sequence[float] | None, n: int) -> list[float]:
     """Exit weights summing to 1; uniform (the paper's SoFT mean) when ``weights`` is None."""
     weights = [1.0] * n if weights is None else list(weights)

@@ -19,7 +19,7 @@ from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
 from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
 from sortednet.lora import add_lora_, lora_state
-from sortednet.loss import label_positions, multi_exit_loss
+from sortednet.loss import count_labels, label_positions, multi_exit_loss
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
 from sortednet.schedule import ExitSchedule
 
@@ -86,6 +86,7 @@ class SortedModule(L.LightningModule):
             }
         )
         self.net: SortedLM | None = None
+        self._step_sums: dict = {}  # the running optimizer step's per-exit loss (see _step_token_mean)
         # A LoRA checkpoint holds the adapters only; resuming loads them over the freshly loaded base model.
         self.strict_loading = not model.lora.rank
 
@@ -222,34 +223,51 @@ class SortedModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, losses = self.training_loss(batch, self.global_step)
         ids = batch["input_ids"]
-        n_labels = int((batch["labels"][:, 1:] != -100).sum())
-        logged = loss.detach()
-        if self.trainer.world_size > 1:
-            loss, logged, losses = self._global_token_mean(loss, losses, n_labels)
+        n_labels = count_labels(batch["labels"])
+        loss, step_end = self._step_token_mean(loss, losses, n_labels, batch)
         frozen, adapters = self.objective.name == "ict", self.model_config.lora.rank > 0
         # read by the throughput callback for TFLOP/s and MFU
         self.flops_per_batch = train_step_flops(
             self.net.lm.config, len(losses), ids.numel(), n_labels, ids.shape[1], frozen, adapters
         )
-        size = batch["input_ids"].shape[0]
-        self.log_dict({f"train/loss_exit_{e}": v for e, v in losses.items()}, batch_size=size)
-        self.log("train/loss", logged, prog_bar=True, batch_size=size)
+        if step_end:
+            self._log_step_losses(ids.shape[0])
         return loss
 
-    def _global_token_mean(self, loss: torch.Tensor, losses: dict[int, torch.Tensor], n_labels: int):
-        """Make the step's loss the token mean over *all* ranks' label tokens, as one process on the global
-        batch would compute it: each rank's token mean is rescaled by its share of the tokens (DDP and FSDP
-        average gradients over ranks), and the logged values are the global ones, the same on every rank."""
-        world = self.trainer.world_size
-        local = torch.stack([loss.detach().float(), *(v.float() for v in losses.values())]) * n_labels
-        stats = torch.cat([torch.tensor([float(n_labels)], device=local.device), local])
-        total = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        n_global = total[0].clamp(min=1)
-        scaled = loss * (n_labels * world / n_global).to(loss.dtype)
-        return scaled, total[1] / n_global, dict(zip(losses, total[2:] / n_global, strict=True))
+    def _step_token_mean(self, loss, losses, n_labels: int, batch: dict) -> tuple[torch.Tensor, bool]:
+        """Rescale a micro-batch's loss so the optimizer step's gradient is that of one token mean over every
+        label token of the step — all its micro-batches on all ranks — as one process on the whole global batch
+        would compute it (the gradient-accumulation fix of transformers 4.46); Lightning divides each
+        micro-batch's loss by the accumulation count and DDP/FSDP average over ranks, so both are multiplied
+        back. The step's token count comes from the data module (``step_label_tokens``: it knows the step's rows
+        before the first of them is trained); without it each micro-batch is its own step, counted over ranks.
+        Adds this micro-batch's share to the step's per-exit losses; returns the loss and whether the step ends.
+        """
+        world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        if "step_label_tokens" in batch:
+            n_step, step_end = int(batch["step_label_tokens"]), bool(batch["step_end"])
+        else:
+            n_step, accumulate, step_end = n_labels, 1, True
+            if world > 1:
+                n_step = int(self.trainer.strategy.reduce(torch.tensor(float(n_labels)), reduce_op="sum"))
+        share = n_labels / max(n_step, 1)
+        for e, value in [("all", loss.detach()), *losses.items()]:
+            self._step_sums[e] = self._step_sums.get(e, 0.0) + value.detach().float() * share
+        return loss * (share * accumulate * world), step_end
+
+    def _log_step_losses(self, batch_size: int) -> None:
+        """Log the step's per-exit token-mean losses (summed over ranks: each rank holds its rows' share)."""
+        sums, self._step_sums = self._step_sums, {}
+        values = torch.stack([torch.as_tensor(v) for v in sums.values()])
+        if self.trainer.world_size > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="sum")
+        logged = dict(zip(sums, values, strict=True))
+        total = logged.pop("all")
+        self.log_dict({f"train/loss_exit_{e}": v for e, v in logged.items()}, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+        n_tokens = count_labels(batch["labels"])
         if n_tokens == 0:
             return
         for e, value in self._losses(batch, self.eval_exits)[1].items():

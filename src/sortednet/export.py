@@ -33,6 +33,7 @@ from sortednet import cli
 from sortednet.errors import SortedNetError
 from sortednet.hub import DTYPES
 from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
+from sortednet.io import check_creatable_dir
 from sortednet.model import SortedLM, _set_layer_count
 
 
@@ -139,16 +140,22 @@ def _check_out_free(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a non-empty directory" if out.is_dir() else "a file"
         raise SortedNetError(f"out={str(out)!r} is {what}; nothing was written: pick a new out= or remove it first")
+    check_creatable_dir(out, "out")
 
 
 def _write_new_dir(out: Path, write) -> None:
-    """Build ``out`` in a temporary sibling, then rename it into place (never over a non-empty ``out``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """Build ``out`` in a temporary sibling, then rename it into place (never over a non-empty ``out``). An
+    existing empty ``out`` keeps its permissions."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise SortedNetError(f"cannot create out={str(out)!r} ({error.strerror}); pick a writable out=DIR") from error
     umask = os.umask(0)
     os.umask(umask)
     try:
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become out's mode
+        # mkdtemp's 0700 would otherwise become out's mode; an empty out the user made keeps the mode they gave it
+        tmp.chmod(out.stat().st_mode & 0o7777 if out.is_dir() else 0o777 & ~umask)
         write(tmp)
         for file in tmp.rglob("*"):
             file.chmod((0o777 if file.is_dir() else 0o666) & ~umask)

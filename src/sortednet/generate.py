@@ -159,6 +159,7 @@ def check_settings(cfg: GenerateConfig) -> None:
 def read_prompts(path: str) -> list[tuple[str, str]]:
     """(instruction, input) pairs from a .txt file (one instruction per line) or an Alpaca .json/.jsonl file."""
     from sortednet.data.alpaca import read_rows
+    from sortednet.io import read_text
 
     file = Path(path).expanduser()
     if not file.is_file():
@@ -175,7 +176,7 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
                 raise SortedNetError(f"row {index} of {path}: 'input' is a {type(text).__name__}, not text")
             pairs.append((row["instruction"], text))
     elif file.suffix == ".txt":
-        pairs = [(line, "") for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        pairs = [(line, "") for line in read_text(file, "prompts file").splitlines() if line.strip()]
     else:
         raise SortedNetError(f"prompts file {path!r} must end in .txt (one instruction per line), .json or .jsonl")
     if not pairs:

@@ -153,14 +153,35 @@ def format_plan(result: dict, settings: PlanConfig) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_plan(settings: PlanConfig) -> None:
+    for key in ("mfu", "response_fraction"):
+        if not 0 < getattr(settings, key) <= 1:
+            raise SortedNetError(f"plan.{key}={getattr(settings, key)} must be in (0, 1]; e.g. plan.{key}=0.4")
+    if not settings.peak_tflops > 0:
+        raise SortedNetError(f"plan.peak_tflops={settings.peak_tflops} must be > 0 (A100 bf16: plan.peak_tflops=312)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sortednet import cli
+    from sortednet.preflight import check_settings
+
     args = sys.argv[1:] if argv is None else argv
-    plan_args = [a.removeprefix("plan.") for a in args if a.startswith("plan.")]
+    if any(a in ("-h", "--help", "help") for a in args):
+        keys = cli.describe(PlanConfig).replace("  ", "  plan.", 1).replace("\n  ", "\n  plan.")
+        print(f"{__doc__.strip()}\n\nusage: python -m sortednet.plan [training overrides] [plan.KEY=VALUE]\n{keys}")
+        return 0
     try:
-        settings = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(PlanConfig), OmegaConf.from_dotlist(plan_args))
-        )
-        cfg = compose([a for a in args if not a.startswith("plan.")])
+        settings = cli.parse_overrides([a.removeprefix("plan.") for a in args if a.startswith("plan.")], PlanConfig)
+        check_plan(settings)
+        try:
+            cfg = compose([a for a in args if not a.startswith("plan.")])
+        except (HydraException, OmegaConfBaseException) as error:  # unknown keys, groups or values
+            first = str(error).splitlines()[0].rstrip(".")
+            raise SortedNetError(f"{first}: not a training setting; see python -m sortednet.train --help") from error
+        check_settings(cfg)
         print(format_plan(plan(cfg, settings), settings))
     except SortedNetError as error:
         print(f"sortednet: error: {error}", file=sys.stderr)
@@ -168,4 +189,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

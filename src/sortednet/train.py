@@ -16,6 +16,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict, r
 
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
+from sortednet.rundir import save_run_config
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
@@ -153,16 +154,14 @@ def one_job_ranks(trainer):
     - Hydra's ``run.dir``, which Lightning hands the children, becomes this job's output directory, so the
       children's ``run_dir`` is rank 0's (not a stray ``outputs/DATE/TIME``);
     - after the job: the launcher's environment variables are restored (``LOCAL_RANK`` left set would make the
-      next job skip launching its ranks and wait forever), the children are waited for and the process group
-      is destroyed, so the next job starts from a clean slate.
+      next job skip launching its ranks and wait forever); :func:`sortednet.ranks.watched` has waited for the
+      children and destroyed the process group, so the next job starts from a clean slate.
     Under a launcher that starts one task per device itself (submitit/SLURM, torchrun), Lightning does not
     re-launch anything and this is a no-op; so is a single-process run or a non-sweep run.
     """
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or not _spawns_ranks(trainer):
         yield
         return
-    import torch.distributed as dist
-
     hydra_cfg = HydraConfig.get()
     argv, env = list(sys.argv), {key: os.environ.get(key) for key in _LAUNCH_ENV}
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("~+").startswith(_SWEEP_ONLY)]
@@ -180,11 +179,6 @@ def one_job_ranks(trainer):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        for process in getattr(trainer.strategy.launcher, "procs", []):
-            with contextlib.suppress(Exception):
-                process.wait(timeout=300)
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _compute_dtype(cfg: TrainConfig) -> str:
@@ -198,28 +192,29 @@ def _compute_dtype(cfg: TrainConfig) -> str:
     return cfg.model.dtype
 
 
-def train(cfg: TrainConfig, resolved: dict) -> None:
+def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = None) -> None:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-    from sortednet import loggers, optim
+    from sortednet import loggers, optim, preflight, ranks
     from sortednet.callbacks import TokenThroughput
     from sortednet.data.datamodule import AlpacaDataModule
     from sortednet.eval.exits import exit_report, format_report
     from sortednet.hub import load_tokenizer
 
+    preflight.check_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.ckpt_path:
-        _check_resume_path(cfg)
+        preflight.read_metadata(cfg.ckpt_path)  # a missing or damaged checkpoint, before the model is loaded
     cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
     trainer_args = configure_strategy(cfg)
     module = build_module(cfg)
     if module.optimizer_factory is not None:
         optim.check(module.optimizer_factory, str(trainer_args.get("accelerator", "auto")))
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.cache_dir)
-    datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir)
+    datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir, seed=cfg.seed)
     # Check model, exits and data before any process, logger or file is started. Under FSDP the weights
     # are loaded later, inside Lightning's configure_model, after sharding: check on the meta device.
     fsdp = cfg.strategy.name == "fsdp"
@@ -227,9 +222,13 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
         module.check()
     else:
         module.configure_model()
+    if cfg.ckpt_path:
+        preflight.check_resume(cfg, module.metadata())
     datamodule.prepare_data()
 
     run_dir = Path(cfg.run_dir)
+    if task_config is not None:
+        save_run_config(run_dir, task_config)  # .hydra/: only for a run that passed every check
     name, group = _run_name_and_group()
     logger = loggers.build_logger(cfg.logger, str(run_dir), name, group, resolved)
     checkpoints = ModelCheckpoint(
@@ -249,7 +248,7 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
             trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         except (TypeError, ValueError) as error:
             raise SortedNetError(f"bad trainer setting: {error}") from error
-        with one_job_ranks(trainer):
+        with one_job_ranks(trainer), ranks.watched(trainer):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             # Validation-time checkpoints can miss the last steps; last.ckpt is always the end of training.
             trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
@@ -269,24 +268,11 @@ def train(cfg: TrainConfig, resolved: dict) -> None:
         loggers.finish(logger)
 
 
-def _check_resume_path(cfg: TrainConfig) -> None:
-    path = Path(cfg.ckpt_path)
-    if path.is_dir():
-        if not (path / "meta.pt").is_file():
-            raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} is a directory but not a distributed checkpoint")
-        if cfg.strategy.name != "fsdp":
-            raise SortedNetError(
-                f"ckpt_path {cfg.ckpt_path!r} is a distributed (sharded) checkpoint; resume it with strategy=fsdp"
-            )
-    elif not path.is_file():
-        raise SortedNetError(f"ckpt_path {cfg.ckpt_path!r} not found; pass a .ckpt written by an earlier run")
-
-
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        train(OmegaConf.to_object(cfg), resolved)
+        train(OmegaConf.to_object(cfg), resolved, cfg)
     except MissingMandatoryValue as error:
         _fail(f"{error.full_key} has no value; set it on the command line: {error.full_key}=...")
     except SortedNetError as error:

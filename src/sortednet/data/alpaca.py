@@ -19,7 +19,7 @@ import torch
 
 from sortednet.data.prompts import get_prompt_style
 from sortednet.errors import SortedNetError
-from sortednet.io import write_dir_atomically
+from sortednet.io import read_bytes, read_text, write_dir_atomically
 from sortednet.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def read_rows(path: str) -> list[dict]:
     """Rows of a ``.json`` (a list, or JSON Lines) or ``.jsonl`` file, or of a hub data set's train split."""
     file = Path(path).expanduser()
     if file.is_file():
-        text = file.read_text(encoding="utf-8")
+        text = read_text(file, "data file")
         try:
             if file.suffix == ".jsonl" or _holds_json_lines(text):
                 rows = json_lines(text, path)
@@ -45,7 +45,7 @@ def read_rows(path: str) -> list[dict]:
             raise SortedNetError(f"{path} holds a JSON {type(rows).__name__}, expected a list of rows")
         return rows
     if path.startswith((".", "/", "~")) or path.endswith((".json", ".jsonl")) or path.count("/") > 1:
-        raise SortedNetError(f"data file {path!r} not found; pass data.path=FILE.json|FILE.jsonl or a hub id")
+        raise SortedNetError(f"data file {path!r} not found; pass an existing .json or .jsonl file, or a hub id")
     return _read_hub_rows(path)
 
 
@@ -80,14 +80,14 @@ def _read_hub_rows(hub_id: str) -> list[dict]:
     if not hub_reachable():
         raise SortedNetError(
             f"cannot load data set {hub_id!r}: the hub is unreachable; download it where the hub is reachable "
-            f"and pass data.path=/path/to/file.json"
+            f"and pass the local file (/path/to/file.json) instead"
         )
     try:
         return datasets.load_dataset(hub_id, split="train").to_list()
     except Exception as error:  # datasets raises many types for "unreachable" / "no such data set"
         raise SortedNetError(
             f"cannot load data set {hub_id!r} from the hub ({type(error).__name__}); download it where a hub "
-            f"is reachable and pass data.path=/path/to/file.json"
+            f"is reachable and pass the local file (/path/to/file.json) instead"
         ) from error
 
 
@@ -154,7 +154,7 @@ def tokenize_rows(rows: list[dict], tokenizer, prompt_style: str, max_length: in
 def _fingerprint(path: str, tokenizer, **settings) -> str:
     digest = hashlib.sha256()
     file = Path(path).expanduser()
-    digest.update(file.read_bytes() if file.is_file() else path.encode())
+    digest.update(read_bytes(file, "data file") if file.is_file() else path.encode())
     digest.update(tokenizer.backend_tokenizer.to_str().encode())
     digest.update((getattr(tokenizer, "chat_template", None) or "").encode())
     digest.update(json.dumps({**settings, "eos": tokenizer.eos_token, "format": CACHE_FORMAT}, sort_keys=True).encode())

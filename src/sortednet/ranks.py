@@ -1,0 +1,95 @@
+"""The ranks Lightning starts itself (``strategy=ddp|fsdp`` on one machine): none outlives or waits on a dead peer.
+
+Lightning's subprocess launcher starts ranks 1..N-1 as children of rank 0. Left alone:
+- a child whose rank 0 died waits in its next collective for the process group's timeout (30 minutes);
+- rank 0 learns of a dead child only from Lightning's observer thread, which SIGKILLs it without a word;
+- that observer keeps polling the job's children after the job: in a sweep, a child of job 0 that exits
+  non-zero late kills the sweep process in the middle of job 1, orphaning job 1's children;
+- a gloo process group left to interpreter shutdown can abort the process
+  (``terminate called without an active exception``), a non-zero exit the observer then acts on.
+
+:func:`watched` covers one ``fit``/``validate`` sequence: a watchdog thread ends a child one second after its
+rank 0 is gone and rank 0 one second after a child failed (stopping the other children), each with one line
+on stderr; a failure on rank 0 stops its children; at the end rank 0 waits for its children, the observer
+is handed an empty list, and every rank destroys its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+POLL_S = 1.0
+CHILD_EXIT_S = 120  # a finished child only tears down; one that takes longer is stuck
+
+
+def _children(trainer) -> list[subprocess.Popen]:
+    """The rank processes this process started (rank 0 under Lightning's subprocess launcher), else []."""
+    return getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+
+
+def _is_lightning_child() -> bool:
+    """A rank Lightning's launcher started (it sets LOCAL_RANK; torchrun and SLURM set their own variables)."""
+    started_by_others = ("TORCHELASTIC_RUN_ID", "SLURM_PROCID", "RANK")
+    return os.environ.get("LOCAL_RANK", "0") != "0" and not any(k in os.environ for k in started_by_others)
+
+
+def _stop(message: str) -> None:
+    print(f"sortednet: error: {message}", file=sys.stderr, flush=True)
+    os._exit(1)  # the main thread may be blocked in a collective: end the process from here
+
+
+def _kill(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGKILL)  # SIGTERM does not end a rank blocked in a collective
+
+
+def _watch(trainer, stop: threading.Event, parent: int | None) -> None:
+    rank = os.environ.get("LOCAL_RANK", "0")
+    while not stop.wait(POLL_S):
+        if parent is not None and os.getppid() != parent:
+            _stop(f"rank {rank}: rank 0 (pid {parent}) is gone; stopping this rank")
+        children = _children(trainer)
+        failed = [(i + 1, p) for i, p in enumerate(children) if p.poll() not in (None, 0)]
+        if failed:
+            index, process = failed[0]
+            _kill(children)
+            _stop(f"rank {index} (pid {process.pid}) exited with status {process.returncode}; stopped the other ranks")
+
+
+@contextlib.contextmanager
+def watched(trainer):
+    """Run the body (``trainer.fit``/``validate``) under the watchdog described in the module docstring."""
+    import torch.distributed as dist
+
+    stop = threading.Event()
+    parent = os.getppid() if _is_lightning_child() else None
+    watchdog = threading.Thread(target=_watch, args=(trainer, stop, parent), daemon=True, name="sortednet-ranks")
+    watchdog.start()
+    try:
+        yield
+    except BaseException:
+        _kill(_children(trainer))  # they would wait for this rank in their next collective
+        raise
+    finally:
+        stop.set()
+        watchdog.join()
+        children = _children(trainer)
+        for process in children:
+            try:
+                process.wait(timeout=CHILD_EXIT_S)
+            except subprocess.TimeoutExpired:
+                _kill([process])
+        for index, process in enumerate(children, 1):
+            if process.returncode:
+                print(f"sortednet: warning: rank {index} exited with status {process.returncode}", file=sys.stderr)
+        # Lightning's observer thread polls this very list every 5 s; empty, it ends instead of acting later
+        children.clear()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

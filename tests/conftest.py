@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,70 @@ def save_tiny(model_type: str, path: Path, **overrides) -> Path:
 @pytest.fixture(scope="session", params=["llama", "mistral", "qwen2"])
 def tiny_model_dir(request, tmp_path_factory) -> Path:
     return save_tiny(request.param, tmp_path_factory.mktemp(request.param))
+
+
+# ChatML, as SmolLM2 and Qwen write it, plus a BOS the template writes itself (as LLaMA-2's template does): the
+# chat tests cover a tokenizer that adds that BOS again and one that does not.
+CHATML = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def chat_tokenizer(adds_bos: bool):
+    """A small byte-level BPE tokenizer with ChatML's special tokens and :data:`CHATML` as its chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sortednet.data.embedded import make_rows
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(
+        [f"user\n{r['instruction']}\n\n{r['input']} assistant\n{r['output']}" for r in make_rows(500)], trainer
+    )
+    if adds_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 1)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", unk_token="<unk>", chat_template=CHATML
+    )
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m module args`` in its own process group (HOME = cwd, no W&B settings), killed whole on timeout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(cwd)
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def rows_of_very_different_lengths(n: int) -> list[dict]:
+    """Alpaca rows whose responses run from 1 to ~40 words: micro-batches of very different token counts, so a
+    mean of micro-batch means would weight tokens very unevenly."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    return [
+        {
+            "instruction": f"Say item {i}.",
+            "input": "",
+            "output": " ".join(words[j % 10] for j in range(1 + 13 * (i % 4))),
+        }
+        for i in range(n)
+    ]

@@ -54,14 +54,14 @@ def compose(overrides: list[str]):
 def plan(cfg, settings: PlanConfig) -> dict:
     """The numbers of the plan: memory terms in GiB per GPU, tokens per step, step time."""
     from sortednet.flops import train_step_flops
-    from sortednet.hub import DTYPES, causal_lm_from_config
+    from sortednet.hub import DTYPES, causal_lm_from_config, load_config
     from sortednet.loss import CHUNK_ELEMENTS
     from sortednet.train import _world_size, build_module
 
-    if not cfg.model.architecture:
-        raise SortedNetError("the plan builds model.architecture on the meta device; pick model=llama2_13b or similar")
+    # Without model.architecture, the config of model.name_or_path (a directory, hub id or .gguf; no weights read).
+    architecture = cfg.model.architecture or load_config(cfg.model.name_or_path, cfg.cache_dir)
     module = build_module(cfg)
-    module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
+    module.setup_net(causal_lm_from_config(architecture, cfg.model.dtype, device="meta"))
     net, config = module.net, module.net.lm.config
     n = _world_size(cfg.trainer)
     precision = str(cfg.trainer.get("precision", "32-true"))
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         check_settings(cfg)
         print(format_plan(plan(cfg, settings), settings))
     except SortedNetError as error:
-        print(f"sortednet: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        print(f"sortednet: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
 """`python -m sortednet.export ckpt=PATH exit=K out=DIR [dtype=float32|bfloat16]`: sub-model K as a plain
-Hugging Face model.
+Hugging Face model; `python -m sortednet.export ckpt=LORA.ckpt adapter=true out=DIR`: a LoRA run's adapters as
+a standard PEFT adapter directory.
 
 Writes DIR with the first K decoder layers, the final norm and the head exit K uses (its own ICT head if
 it has one, untied from the embeddings), ``num_hidden_layers=K``, in safetensors only; the tokenizer; the
 prompt template as ``prompt_style.json``; and a ``sortednet`` entry in ``config.json`` (source checkpoint,
 exit, the source's layer count and exits, prompt style). ``AutoModelForCausalLM.from_pretrained(DIR)``
 loads it with no sortednet code, and its logits are exit K's. DIR is built in a temporary sibling and
-renamed into place; an existing non-empty DIR is never overwritten.
+renamed into place; an existing non-empty DIR is never overwritten. A LoRA checkpoint's adapters are merged
+into sub-model K.
 
-ckpt  a .ckpt written by sortednet.train (or a directory written by this command)
-exit  the layer count K of the sub-model, in [1, L]
-out   the directory to create (absent or empty)
-dtype float32 (default) | bfloat16 | float16
+With ``adapter=true`` (a LoRA checkpoint, no ``exit``) DIR gets PEFT's own ``adapter_config.json`` and
+``adapter_model.safetensors``, with ``base_model_name_or_path`` the run's base model (the local directory for
+``embedded``): ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), DIR)`` is exit L of the
+run, with no sortednet code; so are vLLM's and the hub's LoRA loaders.
+
+ckpt    a .ckpt written by sortednet.train (or a directory written by this command)
+exit    the layer count K of the sub-model, in [1, L]
+out     the directory to create (absent or empty)
+dtype   float32 (default) | bfloat16 | float16
+adapter true: write the adapters of a LoRA checkpoint as a PEFT adapter directory instead of a model
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class ExportConfig:
     exit: int | None = None
     out: str = ""
     dtype: str = "float32"
+    adapter: bool = False
     cache_dir: str | None = None
 
 
@@ -89,6 +98,8 @@ def export(cfg: ExportConfig) -> Path:
         raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
     out = Path(cfg.out).expanduser().absolute()
     _check_out_free(out)
+    if cfg.adapter:
+        return export_adapter(cfg, out)
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
     num_layers = net.num_layers
     if cfg.exit is None:
@@ -133,6 +144,38 @@ def export(cfg: ExportConfig) -> Path:
         f"exit {cfg.exit} of {meta['source']} ({cfg.exit} of {num_layers} layers, {params / 1e6:.2f}M parameters, "
         f"{cfg.dtype}) -> {out}"
     )
+    return out
+
+
+def export_adapter(cfg: ExportConfig, out: Path) -> Path:
+    """Write the adapters of LoRA checkpoint ``cfg.ckpt`` to ``out`` with PEFT's ``save_pretrained``."""
+    from sortednet.module import read_checkpoint
+    from sortednet.hub import resolve
+    from sortednet.lora import adapted_base
+
+    if cfg.exit is not None:
+        raise SortedNetError(
+            "adapter=true writes the adapters of the whole model; drop exit= (exit=K without adapter=true exports "
+            "sub-model K with the adapters merged)"
+        )
+    if cfg.dtype != "float32":
+        raise SortedNetError("adapter=true writes the adapters as trained (float32); drop dtype=")
+    path = Path(cfg.ckpt).expanduser()
+    if not path.is_file():
+        raise SortedNetError(f"adapter=true reads a LoRA .ckpt of sortednet.train; {cfg.ckpt!r} is not a file")
+    checkpoint = read_checkpoint(str(path))
+    meta = checkpoint["sortednet"]
+    if not meta.get("lora"):
+        raise SortedNetError(
+            f"{cfg.ckpt!r} is a full fine-tune, it has no adapters; export a model with exit=K instead of adapter=true"
+        )
+    adapters = {k[len("net.lm.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.lm.")}
+    peft_model = adapted_base(adapters, meta, str(path), cfg.cache_dir)
+    # written into adapter_config.json: what from_pretrained(BASE) must load (embedded resolves to a directory)
+    peft_model.peft_config["default"].base_model_name_or_path = resolve(meta["model"], "model", cfg.cache_dir)
+    _write_new_dir(out, lambda tmp: peft_model.save_pretrained(tmp, safe_serialization=True))
+    count = sum(v.numel() for v in adapters.values())
+    print(f"adapters of {path} ({len(adapters)} tensors, {count / 1e6:.3f}M parameters, base {meta['model']}) -> {out}")
     return out
 
 

@@ -1,23 +1,23 @@
-"""Low-rank adapters (LoRA) on a causal LM's decoder linears, and 4-bit (NF4) base weights for QLoRA.
+"""Low-rank adapters (LoRA) through PEFT on a causal LM's decoder linears, and 4-bit (NF4) base weights for QLoRA.
 
-``add_lora_(lm, settings)`` wraps every ``nn.Linear`` of the decoder layers whose name ends in one of
-``settings.targets`` with :class:`LoRALinear`: ``y = base(x) + (alpha / rank) * B(A(dropout(x)))``, with ``A``
-Kaiming-initialised and ``B`` zero, so the wrapped model starts equal to the base model. Every other parameter
-is frozen. The base may be a bitsandbytes ``Linear4bit`` (QLoRA: the frozen weights are stored in NF4 and
-dequantized per matmul; gradients flow through them to ``A`` and ``B``).
+``add_lora_(lm, settings)`` calls ``peft.get_peft_model``, which replaces every target linear of ``lm`` *in
+place* by a PEFT LoRA layer (``y = base(x) + (alpha / rank) * B(A(dropout(x)))``, ``B`` zero at the start) and
+freezes everything else. Because the replacement is in place, a :class:`~sortednet.model.SortedLM` over ``lm``
+(which reads ``lm.model.layers``, the final norm and the LM head) drives the adapted layers unchanged; the
+returned ``PeftModel`` is kept only where PEFT's own merge or save is needed. The base may be a bitsandbytes
+``Linear4bit`` (QLoRA: PEFT's 4-bit LoRA layer; gradients flow through the NF4 weights to ``A`` and ``B``).
 
 The sorted loss needs nothing special: every exit reads the frozen shared norm and head, and the adapters of
 the layers below an exit receive that exit's gradient.
 
-Checkpoints of a LoRA run hold the adapters only (``lora_state``); ``merge_lora_`` folds them into plain
-``nn.Linear`` weights (``W + (alpha / rank) B A``) so an inference model is an ordinary Hugging Face model.
-A QLoRA run's adapters are merged into the base weights loaded in 16/32 bits — the usual way to serve QLoRA
-(the NF4 rounding the adapters were trained against is not reproduced).
+Checkpoints of a LoRA run hold the adapters only (:func:`lora_state`: PEFT's own parameter names under
+``net.lm.``). :func:`adapted_base` rebuilds the base with those adapters; PEFT's ``merge_and_unload`` then
+folds them into plain linears for inference, or ``save_pretrained`` writes a standard PEFT adapter directory.
+A QLoRA run's adapters are merged into the base weights loaded in 32 bits — the usual way to serve QLoRA (the
+NF4 rounding the adapters were trained against is not reproduced).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -26,79 +26,62 @@ from sortednet.config import LoraConfig
 from sortednet.errors import SortedNetError
 
 QUANTIZATIONS = ("nf4",)
+ADAPTER_KEYS = (".lora_A.", ".lora_B.")
 
 
-class LoRALinear(nn.Module):
-    """A frozen linear layer plus a trainable low-rank update."""
+def peft_lora_config(settings: LoraConfig):
+    """Our knobs as a ``peft.LoraConfig`` (a causal-LM adapter, written as such into adapter_config.json)."""
+    import peft
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        weight = base.weight
-        device = weight.device if weight.device.type != "meta" else "meta"
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=torch.float32))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=torch.float32))
-        if device != "meta":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t() @ self.lora_B.t()
-        return self.base(x) + (self.scale * update).to(x.dtype)
-
-    @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """The base layer with the update folded into its weight (a plain ``nn.Linear`` base only)."""
-        if type(self.base) is not nn.Linear:
-            raise SortedNetError(
-                f"cannot merge adapters into a {type(self.base).__name__}; load the base model unquantized to merge"
-            )
-        delta = self.scale * (self.lora_B.double() @ self.lora_A.double())
-        self.base.weight += delta.to(self.base.weight.dtype)
-        return self.base
+    return peft.LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        task_type="CAUSAL_LM",
+    )
 
 
-def _decoder_layers(lm: nn.Module) -> nn.ModuleList:
-    return lm.get_decoder().layers
+def add_lora_(lm: nn.Module, settings: LoraConfig):
+    """Freeze ``lm`` and give the target linears of its decoder layers PEFT adapters, in place; the PeftModel."""
+    import peft
 
-
-def add_lora_(lm: nn.Module, settings: LoraConfig) -> list[str]:
-    """Freeze ``lm`` and wrap the target linears of its decoder layers with adapters; the wrapped names."""
     if settings.rank < 1:
         raise SortedNetError(f"model.lora.rank={settings.rank}; LoRA needs a rank >= 1 (e.g. model.lora.rank=16)")
-    lm.requires_grad_(False)
-    wrapped = []
-    for index, layer in enumerate(_decoder_layers(lm)):
-        for name, module in list(layer.named_modules()):
-            leaf = name.rpartition(".")[2]
-            if leaf in settings.targets and not isinstance(module, LoRALinear) and hasattr(module, "in_features"):
-                parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
-                setattr(parent, leaf, LoRALinear(module, settings.rank, settings.alpha, settings.dropout))
-                wrapped.append(f"layers.{index}.{name}")
-    if not wrapped:
-        raise SortedNetError(
-            f"model.lora.targets={list(settings.targets)} matched no linear layer of the decoder; "
-            f"use names such as q_proj, v_proj, up_proj"
-        )
-    return wrapped
+    config = peft_lora_config(settings)
+    try:
+        # autocast keeps the adapters in fp32 over a bf16/fp16 base, as their small updates need
+        return peft.get_peft_model(lm, config, autocast_adapter_dtype=True)
+    except ValueError as error:
+        reason = str(error).splitlines()[0]
+        if "not found in the base model" in reason:
+            raise SortedNetError(
+                f"model.lora.targets={list(settings.targets)} matched no linear layer of the decoder; "
+                f"use names such as q_proj, v_proj, up_proj"
+            ) from error
+        raise SortedNetError(f"model.lora.targets={list(settings.targets)} cannot take adapters ({reason})") from error
 
 
 def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters of ``module``'s state dict (what a LoRA checkpoint stores)."""
-    return {k: v for k, v in module.state_dict().items() if ".lora_A" in k or ".lora_B" in k}
+    return {k: v for k, v in module.state_dict().items() if any(part in k for part in ADAPTER_KEYS)}
 
 
-def merge_lora_(lm: nn.Module) -> int:
-    """Replace every :class:`LoRALinear` in ``lm`` by its merged base linear; the number merged."""
-    merged = 0
-    for layer in _decoder_layers(lm):
-        for name, module in list(layer.named_modules()):
-            if isinstance(module, LoRALinear):
-                parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
-                setattr(parent, name.rpartition(".")[2], module.merged())
-                merged += 1
-    return merged
+def adapted_base(adapters: dict[str, torch.Tensor], meta: dict, source: str, cache_dir=None):
+    """The PeftModel of a LoRA checkpoint: its base (``meta["model"]``, fp32) with its adapters (``adapters``,
+    keyed as in the causal LM's state dict) loaded and checked to fit."""
+    from sortednet.hub import load_causal_lm
+
+    lm = load_causal_lm(meta["model"], "float32", cache_dir)
+    peft_model = add_lora_(lm, LoraConfig(**meta["lora"]))
+    expected = set(lora_state(lm))
+    if set(adapters) != expected:
+        raise SortedNetError(
+            f"{source!r}: its adapters do not fit the base model {meta['model']!r} "
+            f"({len(set(adapters) & expected)} of {len(expected)} adapter weights match); is the base the same?"
+        )
+    lm.load_state_dict(adapters, strict=False)
+    return peft_model
 
 
 def nf4_config(compute_dtype: torch.dtype = torch.bfloat16):

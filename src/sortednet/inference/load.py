@@ -117,22 +117,11 @@ def build_model(
 
 
 def _merged_lora_state(adapters: dict, meta: dict, source: str, cache_dir) -> dict[str, torch.Tensor]:
-    """The base model's weights (``meta["model"]``, loaded in fp32) with a LoRA checkpoint's adapters merged."""
-    from sortednet.config import LoraConfig
-    from sortednet.hub import load_causal_lm
-    from sortednet.lora import add_lora_, lora_state, merge_lora_
+    """The base model's weights (``meta["model"]``, loaded in fp32) with a LoRA checkpoint's adapters merged
+    by PEFT (``merge_and_unload``: plain linears again)."""
+    from sortednet.lora import adapted_base
 
-    lm = load_causal_lm(meta["model"], "float32", cache_dir)
-    add_lora_(lm, LoraConfig(**meta["lora"]))
-    expected = set(lora_state(lm))
-    if set(adapters) != expected:
-        raise SortedNetError(
-            f"{source!r}: its adapters do not fit the base model {meta['model']!r} "
-            f"({len(set(adapters) & expected)} of {len(expected)} adapter weights match); is the base the same?"
-        )
-    lm.load_state_dict(adapters, strict=False)
-    merge_lora_(lm)
-    return lm.state_dict()
+    return adapted_base(adapters, meta, source, cache_dir).merge_and_unload().state_dict()
 
 
 def _load_lightning(path: Path, cache_dir):

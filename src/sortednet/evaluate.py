@@ -12,6 +12,9 @@ Suites (each writes CSV/JSON + PNG into the run directory `out` and prints a tab
   analysis  KL divergence and cosine similarity of each exit vs the last layer of ckpt 1 (and of ckpt 2)
   pareto    quality (metric=exact_match|loss|pandalm) against measured ms/token of every exit, with each
             checkpoint's Pareto frontier  -> pareto.csv/png
+  judge_agreement  no ckpt: the judge (judge=, or verdicts=FILE made elsewhere) on PandaLM's 999 human-labelled
+            pairs in both orders, against the human majority, beside PandaLM-7B's published verdicts
+            -> judge_agreement.csv/json/png, judge_agreement_verdicts.jsonl
 
 ckpt          a .ckpt of sortednet.train, a directory of sortednet.export/consolidate, or a list [A,B]
 names         one name per checkpoint (default: the file stem; for last.ckpt the run directory's name)
@@ -22,7 +25,9 @@ data          loss: an Alpaca-format file or embedded (default); triviaqa: a Tri
 instructions  generate/pandalm/analysis/pareto: an Alpaca-format .json/.jsonl (output = reference), embedded
               (the embedded validation split), default: PandaLM's test set in ~/.cache/sortednet/pandalm
 limit         use only the first N rows/instructions
-judge         pandalm: a hub id or local HF causal LM directory (default WeOpenML/PandaLM-7B-v1)
+judge         pandalm, judge_agreement: a hub id or local HF causal LM directory (default WeOpenML/PandaLM-7B-v1)
+verdicts      judge_agreement: a JSON/JSONL file of {idx, verdict[, verdict_swapped]} (1, 2, 0/tie, null) instead
+              of running a judge; data= is PandaLM's testset-v1.json (default: in ~/.cache/sortednet/pandalm)
 pairs         pandalm: all | diagonal (same exit) | vs_last (every row vs the last column)
 wandb         a W&B project to log tables and images to (offline without credentials); an active
               wandb.run is used without it
@@ -44,7 +49,7 @@ from sortednet import cli
 from sortednet.errors import SortedNetError
 from sortednet.io import check_creatable_dir
 
-SUITES = ("loss", "generate", "pandalm", "triviaqa", "analysis", "pareto")
+SUITES = ("loss", "generate", "pandalm", "triviaqa", "analysis", "pareto", "judge_agreement")
 PAIRS = ("all", "diagonal", "vs_last")
 DEFAULT_JUDGE = "WeOpenML/PandaLM-7B-v1"
 ANSWER_NEW_TOKENS, TRIVIAQA_NEW_TOKENS = 128, 24
@@ -69,6 +74,7 @@ class EvaluateConfig:
     judge_max_new_tokens: int = 64
     pairs: str = "all"
     answers: list[str] | None = None
+    verdicts: str | None = None
     positions: int = 20
     wandb: str | None = None
     device: str = "auto"
@@ -106,7 +112,11 @@ def check_settings(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
         raise SortedNetError(f"{given}; pass suite={'|'.join(SUITES)}")
     paths = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
     paths = [p for p in paths if p]
-    if not paths and not (cfg.suite == "pandalm" and cfg.answers):
+    if cfg.suite == "judge_agreement" and paths:
+        raise SortedNetError("suite=judge_agreement judges PandaLM's labelled pairs, not a checkpoint; drop ckpt=")
+    if cfg.verdicts is not None and cfg.suite != "judge_agreement":
+        raise SortedNetError("verdicts=FILE is for suite=judge_agreement; drop it")
+    if not paths and not (cfg.suite == "pandalm" and cfg.answers) and cfg.suite != "judge_agreement":
         raise SortedNetError(
             "no checkpoint given; pass ckpt=PATH or ckpt=[A,B] (.ckpt of sortednet.train or export dir)"
         )
@@ -323,9 +333,7 @@ def run_pandalm(cfg, paths, names, run) -> list[dict]:
         col_name = names[1] if len(names) > 1 else names[0]
         rows = {f"{n}@{e}": lines for (n, e), (lines, _, _) in answers.items() if n == names[0]}
         cols = {f"{n}@{e}": lines for (n, e), (lines, _, _) in answers.items() if n == col_name}
-    device = resolve_device(cfg.device)
-    dtype = cfg.judge_dtype if cfg.judge_dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    judge, tokenizer = pandalm.load_judge(cfg.judge, device, dtype=dtype, cache_dir=cfg.cache_dir)
+    judge, tokenizer = _load_judge(cfg)
     records = []
     for row, col in _pairs(list(rows), list(cols), cfg.pairs):
         records += pandalm.judge_matrix(
@@ -346,6 +354,60 @@ def run_pandalm(cfg, paths, names, run) -> list[dict]:
     run.image("pandalm", heatmap)
     columns = ["row", "col", "score", "wins", "losses", "ties", "unparseable"]
     _show(_table(table, columns, f"PandaLM-style judging ({cfg.judge}), both orders: score = (wins - losses) / total"))
+    return table
+
+
+def _load_judge(cfg):
+    from sortednet.eval import agreement, pandalm
+
+    if not agreement.has_report(cfg.judge, cfg.cache_dir):
+        print(
+            f"sortednet: warning: judge {cfg.judge} has no agreement report against human verdicts (none at "
+            f"{agreement.report_path(cfg.judge, cfg.cache_dir)}); measure it: suite=judge_agreement judge={cfg.judge}",
+            file=sys.stderr,
+        )
+    device = resolve_device(cfg.device)
+    dtype = cfg.judge_dtype if cfg.judge_dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    return pandalm.load_judge(cfg.judge, device, dtype=dtype, cache_dir=cfg.cache_dir)
+
+
+def run_judge_agreement(cfg, paths, names, run) -> list[dict]:
+    """The judge's (or a verdict file's) agreement with PandaLM's human majority, beside PandaLM-7B's."""
+    from sortednet.eval import agreement
+    from sortednet.eval.output import free_path
+    from sortednet.io import write_text_atomically
+
+    pairs = agreement.read_labelled_pairs(cfg.data, cfg.cache_dir)[: cfg.limit]
+    idx = {p["idx"] for p in pairs}
+    if cfg.verdicts:
+        label = Path(cfg.verdicts).name
+        verdicts = {i: v for i, v in agreement.read_verdicts(cfg.verdicts).items() if i in idx or cfg.limit is None}
+    else:
+        label = cfg.judge
+        judge, tokenizer = _load_judge(cfg)
+        records = agreement.judge_verdicts(judge, tokenizer, pairs, cfg.batch_size, cfg.judge_max_new_tokens)
+        path = free_path(run.root / "judge_agreement_verdicts.jsonl")
+        write_text_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        verdicts = {r["idx"]: (r["verdict"], r["verdict_swapped"], True) for r in records}
+    judged = {label: verdicts}
+    testset = Path(cfg.data).expanduser() if cfg.data else agreement.default_testset(cfg.cache_dir)
+    reference = agreement.reference_verdicts(testset, set(verdicts))
+    if reference is not None:
+        judged[f"{agreement.PUBLISHED_JUDGE} (published)"] = reference
+    table, confusions = agreement.report_rows(pairs, judged)
+    report = {"testset": str(testset), "rows": table, "confusion": confusions}
+    run.table("judge_agreement", table)
+    run.json("judge_agreement", report)
+    run.figure("judge_agreement", agreement.plot_confusions(confusions))
+    if not cfg.verdicts and cfg.limit is None:  # the judge's standing report, looked up by suite=pandalm
+        kept = agreement.report_path(cfg.judge, cfg.cache_dir)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(kept, json.dumps({"judge": cfg.judge, **report}, indent=2) + "\n")
+        print(f"agreement report of {cfg.judge} kept at {kept}", file=sys.stderr)
+    columns = ["judge", "orders", "pairs", "accuracy", "macro_f1", "inconsistent_share", "unparseable_share"]
+    _show(_table(table, columns, "agreement with the human majority (ties as a class)"))
+    for name, confusion in confusions.items():
+        _show(agreement.format_confusion(name, confusion))
     return table
 
 
@@ -485,6 +547,7 @@ RUNNERS = {
     "triviaqa": run_triviaqa,
     "analysis": run_analysis,
     "pareto": run_pareto,
+    "judge_agreement": run_judge_agreement,
 }
 
 

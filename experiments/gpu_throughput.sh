@@ -2,7 +2,7 @@
 # CUDA training throughput of the real CLI: SFT vs SoFT, single device vs FSDP2 (one rank), bf16-mixed, on a
 # random-weight LLaMA of ~1.3B parameters (24 layers, width 2048, vocab 32000), 1024-token rows.
 # Usage (one GPU): bash experiments/gpu_throughput.sh [OUTDIR]  -> a markdown table on stdout and OUTDIR/table.md
-# (RUNS="soft single,soft qlora" runs a subset; rows are "objective strategy", strategy single|fsdp|qlora)
+# (RUNS="soft single,soft qlora" runs a subset; rows are "objective strategy", strategy single|fsdp|qlora|compiled)
 # Each row: the mean of the logged sliding-window figures (window 20 steps) over steps 20..39.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +19,15 @@ common=(
   eval.num_generate=0 throughput.window=20
 )
 # RUNS="soft qlora" picks rows; qlora = NF4 base weights + rank-16 adapters on every projection.
-IFS=, read -r -a runs <<<"${RUNS:-sft single,soft single,soft fsdp,soft qlora}"
+IFS=, read -r -a runs <<<"${RUNS:-sft single,soft single,soft fsdp,soft qlora,sft compiled,soft compiled}"
 for run in "${runs[@]}"; do
   read -r objective strategy <<<"$run"
   extra=()
   [ "$strategy" = fsdp ] && extra=(strategy=fsdp strategy.allow_single_device=true)
   [ "$strategy" = qlora ] && extra=(model.quantization=nf4 model.lora.rank=16 model.lora.alpha=32 model.dtype=bfloat16)
+  # compiled: every decoder layer through torch.compile, fused AdamW, FSDP2's bf16 policy in place of autocast
+  [ "$strategy" = compiled ] && extra=(trainer.compile=true optimizer.fused=true strategy=fsdp
+    strategy.allow_single_device=true)
   $py -m sortednet.train "${common[@]}" objective="$objective" "${extra[@]}" hydra.run.dir="$out/$objective-$strategy"
   rm -rf "$out/$objective-$strategy/checkpoints"  # 16 GB each with the optimizer state; only the figures matter
 done

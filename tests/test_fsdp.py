@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import rows_of_very_different_lengths
 from sortednet.data.embedded import make_rows
 from test_train import _metrics, _ok, run_cli
 
@@ -76,8 +77,28 @@ def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_r
         for name in before:
             assert _equal(before[name], after[name]), (key, name)
 
-    # ICT under FSDP: frozen sharded decoder, new heads in the root unit, trained as in one process.
-    ict = ["objective=ict", f"objective.init_from={tmp_path}/single/checkpoints/last.ckpt", "trainer.max_steps=2"]
+
+
+@pytest.mark.slow
+def test_two_ranks_accumulating_equal_one_rank_then_ict_starts_from_the_sharded_directory(tmp_path, cache_dir):
+    """The paper's 13B path on 2 CPU ranks: SFT under FSDP with gradient accumulation (2 ranks x 2 micro-batches
+    of 2 = one process at batch 8, on responses of very different lengths), then ICT from its checkpoint
+    directory."""
+    rows = tmp_path / "varied.json"
+    rows.write_text(json.dumps(rows_of_very_different_lengths(12)))
+    data = f"data.path={rows}"
+    accumulating = [*FSDP[:3], "data.batch_size=2", "trainer.accumulate_grad_batches=2"]
+    _ok(run_cli(tmp_path, "sft-single", data, *COMMON, *SINGLE, "objective=sft"))
+    _ok(run_cli(tmp_path, "sft-fsdp", data, *COMMON, *accumulating, "objective=sft"))
+    single, sharded = _train_losses(tmp_path / "sft-single"), _train_losses(tmp_path / "sft-fsdp")
+    _assert_same_losses(single, sharded, 3)
+    _assert_consolidates_to(tmp_path / "sft-fsdp", tmp_path / "sft-single", tmp_path / "hf-sft")
+
+    # ICT under FSDP from the FSDP run's directory: frozen sharded decoder, new heads in the root unit, trained
+    # as in one process (which reads the same directory).
+    sharded_sft = tmp_path / "sft-fsdp" / "checkpoints" / "last.ckpt"
+    assert sharded_sft.is_dir()
+    ict = ["objective=ict", f"objective.init_from={sharded_sft}", "trainer.max_steps=2"]
     _ok(run_cli(tmp_path, "ict-single", data, *COMMON, *SINGLE, *ict))
     _ok(run_cli(tmp_path, "ict-fsdp", data, *COMMON, *FSDP, *ict))
     single, sharded = _train_losses(tmp_path / "ict-single"), _train_losses(tmp_path / "ict-fsdp")
@@ -87,9 +108,10 @@ def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_r
 
 
 def _read_dcp(path: Path, key: str) -> dict:
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    return _load_state_dict_from_keys({key}, checkpoint_id=str(path))[key]
+    dcp_to_torch_save(path, path.parent / f"{path.name}.pt")  # the public way to read a whole DCP checkpoint
+    return torch.load(path.parent / f"{path.name}.pt", weights_only=True)[key]
 
 
 def _equal(a, b) -> bool:

@@ -9,19 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import rows_of_very_different_lengths, save_tiny
 from sortednet.config import DataConfig, ModelConfig, ObjectiveConfig
 from sortednet.data.datamodule import AlpacaDataModule
 from sortednet.module import SortedModule
-
-
-def _rows_of_very_different_lengths(n: int) -> list[dict]:
-    """Responses of 1 to ~40 words, so a mean of micro-batch means would weight tokens very unevenly."""
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
-    return [
-        {"instruction": f"Say item {i}.", "input": "", "output": " ".join(words[j % 10] for j in range(1 + 13 * (i % 4)))}
-        for i in range(n)
-    ]
 
 
 class _Grads(L.Callback):
@@ -60,7 +51,7 @@ def test_accumulating_two_batches_of_four_gives_the_gradient_of_one_batch_of_eig
 ):
     model = save_tiny("llama", tmp_path / "model", vocab_size=tokenizer.vocab_size)
     data_file = tmp_path / "rows.json"
-    data_file.write_text(json.dumps(_rows_of_very_different_lengths(12)))
+    data_file.write_text(json.dumps(rows_of_very_different_lengths(12)))
     whole, whole_metrics = _first_step_grads(model, tokenizer, data_file, cache_dir, 8, 1, **objective)
     accumulated, accumulated_metrics = _first_step_grads(model, tokenizer, data_file, cache_dir, 4, 2, **objective)
     assert whole.keys() == accumulated.keys() and whole

@@ -72,7 +72,8 @@ class ObjectiveConfig:
     """soft (all exits at once) | sft (last exit) | ict (per-exit heads on a frozen SFT model) |
     extracted (the first n layers alone)."""
     init_from: str | None = None
-    """ict: the SFT run's Lightning checkpoint (``.ckpt``) to start from."""
+    """ict: the SFT run's checkpoint to start from: its ``last.ckpt`` file, or under FSDP its ``last.ckpt``
+    directory (the shards are reassembled on one rank)."""
     layers: int | None = None
     """extracted: how many layers to keep; null takes the middle exit of the exit set."""
 
@@ -141,7 +142,8 @@ class TrainConfig:
     """Final learning rate of the cosine schedule as a fraction of the peak."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of ``lightning.Trainer``."""
+    """Keyword arguments of ``lightning.Trainer``, plus ``compile``: true runs every decoder layer through
+    ``torch.compile`` (the multi-exit loss stays eager)."""
     logger: dict[str, Any] = field(default_factory=dict)
     """``kind`` (wandb | csv | none) + that logger's settings."""
     eval: EvalConfig = field(default_factory=EvalConfig)

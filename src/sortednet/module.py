@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from sortednet.checkpoint import read_metadata, read_sorted_checkpoint
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
@@ -60,6 +61,7 @@ class SortedModule(L.LightningModule):
         activation_checkpointing: bool = False,
         mixed_precision: bool = False,
         prompt_style: str = "alpaca",
+        compile_layers: bool = False,
     ):
         super().__init__()
         if objective.name not in OBJECTIVES:
@@ -77,6 +79,7 @@ class SortedModule(L.LightningModule):
         # mixed_precision: FSDP2 computes in bf16 over the parameters' own dtype (fp32 master weights)
         self.activation_checkpointing, self.mixed_precision = activation_checkpointing, mixed_precision
         self.prompt_style = prompt_style  # recorded in checkpoints, so inference formats prompts the same way
+        self.compile_layers = compile_layers
         self.save_hyperparameters(
             {
                 "model": dataclasses.asdict(model),
@@ -103,8 +106,8 @@ class SortedModule(L.LightningModule):
         on the meta device, without loading weights. Leaves the empty model for FSDP to shard."""
         config = load_config(self.model_config.name_or_path, self.cache_dir)
         causal_lm = causal_lm_from_config(config, self.model_config.dtype, device="meta")
-        if self.objective.name == "ict":
-            load_sorted_checkpoint(SortedLM(causal_lm), self.objective.init_from)
+        if self.objective.name == "ict":  # the metadata only: under FSDP only rank 0 reads the weights
+            check_init_checkpoint(SortedLM(causal_lm), self.objective.init_from)
         self.setup_net(causal_lm)
 
     def _loaded_causal_lm(self) -> torch.nn.Module:
@@ -130,6 +133,11 @@ class SortedModule(L.LightningModule):
             add_lora_(causal_lm, self.model_config.lora)
         if self.activation_checkpointing:  # per decoder layer; non-reentrant, so FSDP2 hooks stay in order
             causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.compile_layers:
+            # One graph per decoder layer (all layers share its code, so it compiles once), before FSDP wraps each
+            # layer; the multi-exit loss, whose row counts change every batch, stays eager.
+            for layer in net.decoder.layers:
+                layer.compile()
         return net, exits
 
     def setup_net(self, causal_lm: torch.nn.Module) -> None:
@@ -328,33 +336,30 @@ def _rebuild_non_persistent_buffers(module: torch.nn.Module, device: torch.devic
             setattr(sub, name, getattr(fresh, name).to(getattr(sub, name).dtype))
 
 
-def read_checkpoint(path: str) -> dict:
-    """A Lightning checkpoint written by sortednet, or a one-line error."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise SortedNetError(f"checkpoint {path!r} not found") from error
-    except Exception as error:
-        raise SortedNetError(f"{path!r} is not a readable Lightning checkpoint ({type(error).__name__})") from error
-    if "sortednet" not in checkpoint or "state_dict" not in checkpoint:
-        raise SortedNetError(f"{path!r} has no sortednet metadata; pass a checkpoint written by sortednet.train")
-    return checkpoint
-
-
-def load_sorted_checkpoint(net: SortedLM, path: str) -> dict:
-    """Load a checkpoint's weights into ``net``; returns its metadata. The model shapes must match."""
-    checkpoint = read_checkpoint(path)
-    meta = checkpoint["sortednet"]
+def check_init_checkpoint(net: SortedLM, path: str) -> dict:
+    """The metadata of the checkpoint ICT starts from (a ``.ckpt`` file or an FSDP checkpoint directory), checked
+    against ``net``'s shape without reading its weights; a one-line error if it cannot be ``net``'s."""
+    meta = read_metadata(path)
     if meta["num_layers"] != net.num_layers or meta["hf_config"].get("hidden_size") != net.lm.config.hidden_size:
         theirs = f"{meta['num_layers']} layers of width {meta['hf_config'].get('hidden_size')}"
         ours = f"{net.num_layers} layers of width {net.lm.config.hidden_size}"
         raise SortedNetError(
             f"{path!r} holds a model of {theirs}, model.name_or_path one of {ours}; start from the same base model"
         )
+    if meta.get("lora"):
+        raise SortedNetError(f"{path!r} holds LoRA adapters; ICT starts from a full fine-tune (objective=sft)")
+    return meta
+
+
+def load_sorted_checkpoint(net: SortedLM, path: str) -> dict:
+    """Load a checkpoint's weights (file or FSDP directory, read once on this process) into ``net``; returns its
+    metadata. The model shapes must match."""
+    meta = check_init_checkpoint(net, path)
     if meta["objective"] != "sft":
         log.warning(f"{path} was trained with objective={meta['objective']}; the paper's ICT starts from SFT")
+    state, _ = read_sorted_checkpoint(path)
     prefix = "net."
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     state = {k: v for k, v in state.items() if not k.startswith("exit_heads.")}
     try:
         net.load_state_dict(state, strict=True)

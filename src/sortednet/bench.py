@@ -168,7 +168,7 @@ def bench_generate(args) -> tuple[list[dict], list[float]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     net, tokenizer, meta = load_sorted(args.ckpt)
-    style, L = prompt_style_of(meta), net.num_layers
+    style, L = prompt_style_of(meta, tokenizer), net.num_layers
     eos = None if args.ignore_eos else tokenizer.eos_token_id
     exits = meta["exits"]
     prompts, refs = _task_prompts(tokenizer, style, args.prompts, seed=1)

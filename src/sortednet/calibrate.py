@@ -42,7 +42,7 @@ def calibrate_cli(cfg: CalibrateConfig) -> None:
     # The embedded tasks with a seed training did not use; or the first rows of a user's validation file.
     rows = make_rows(cfg.prompts, seed=3) if cfg.data == "embedded" else check_rows(read_rows(cfg.data), cfg.data)
     rows = rows[: cfg.prompts]
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in rows]
     thresholds, table = calibrate(
         net, tokenizer, prompts, [r["output"] for r in rows], meta["exits"], cfg.max_drop, cfg.max_new_tokens

@@ -27,23 +27,20 @@ cache_dir where the embedded assets and hub downloads live (default: $SORTEDNET_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from sortednet import cli
+from sortednet.checkpoint import read_sorted_checkpoint
+from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
 from sortednet.export import _check_out_free, _write_new_dir
 from sortednet.hub import DTYPES
 from sortednet.inference.load import PROMPT_STYLE_FILE, build_model, prompt_style_of
 
 EXIT_HEADS_FILE = "exit_heads.safetensors"
-META_FILE = "meta.pt"  # Lightning's non-tensor part of a distributed checkpoint
 
 
 @dataclass
@@ -52,43 +49,6 @@ class ConsolidateConfig:
     out: str = ""
     dtype: str | None = None
     cache_dir: str | None = None
-
-
-def read_sorted_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(state_dict, metadata)`` of a sortednet checkpoint — a ``.ckpt`` file or a distributed checkpoint
-    directory — on the CPU, full (unsharded) tensors; a one-line error for anything else."""
-    path = Path(ckpt).expanduser()
-    if path.is_file():
-        from sortednet.module import read_checkpoint
-
-        checkpoint = read_checkpoint(str(path))
-        return checkpoint["state_dict"], {**checkpoint["sortednet"], "global_step": checkpoint.get("global_step")}
-    if not path.is_dir():
-        raise SortedNetError(f"checkpoint {ckpt!r} not found; pass ckpt=PATH (a .ckpt or a checkpoint directory)")
-    if not (path / META_FILE).is_file() or not (path / ".metadata").is_file():
-        what = "a Hugging Face model directory" if (path / "config.json").is_file() else "a directory"
-        raise SortedNetError(
-            f"{ckpt!r} is {what}, not a distributed checkpoint of sortednet.train (no {META_FILE} and .metadata); "
-            f"pass a .ckpt or a checkpoint directory from a strategy=fsdp run"
-        )
-    try:
-        extra = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SortedNetError(f"{str(path / META_FILE)!r} is not readable ({type(error).__name__})") from error
-    if not isinstance(extra, dict) or "sortednet" not in extra:
-        raise SortedNetError(f"{ckpt!r} has no sortednet metadata; pass a checkpoint written by sortednet.train")
-    try:
-        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-        # Only the model: the optimizer states (2-3x the weights) are never read. No process group needed.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-            state = _load_state_dict_from_keys({"state_dict"}, checkpoint_id=str(path))["state_dict"]
-    except Exception as error:
-        raise SortedNetError(
-            f"cannot read the shards of {ckpt!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-        ) from error
-    return state, {**extra["sortednet"], "global_step": extra.get("global_step")}
 
 
 def consolidate(cfg: ConsolidateConfig) -> Path:
@@ -109,7 +69,7 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
 
     tokenizer = load_tokenizer(meta["tokenizer"], cfg.cache_dir)
     num_layers = meta["num_layers"]
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     lm.config.sortednet = {
         "source": source,
         "exit": num_layers,
@@ -130,7 +90,7 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
 
         lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        template = {"name": lm.config.sortednet["prompt_style"], **dataclasses.asdict(style)}
+        template = template_record(lm.config.sortednet["prompt_style"], style)
         (tmp / PROMPT_STYLE_FILE).write_text(json.dumps(template, indent=2) + "\n")
         if heads:
             save_file(heads, str(tmp / EXIT_HEADS_FILE), metadata={"format": "pt", "sortednet": "exit_heads"})

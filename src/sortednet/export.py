@@ -25,7 +25,6 @@ adapter true: write the adapters of a LoRA checkpoint as a PEFT adapter director
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from sortednet import cli
+from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
 from sortednet.hub import DTYPES
 from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
@@ -114,7 +114,7 @@ def export(cfg: ExportConfig) -> Path:
             f"sortednet: warning: exit {cfg.exit} is not one of the trained exits {meta['exits']}; exporting it anyway",
             file=sys.stderr,
         )
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     sub = submodel(net, cfg.exit, DTYPES[cfg.dtype])
     origin = meta.get("exported_from") or {}  # exporting from an exported directory keeps the first source
     sub.config.sortednet = {
@@ -130,7 +130,7 @@ def export(cfg: ExportConfig) -> Path:
     def write(tmp: Path) -> None:
         sub.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        template = {"name": meta["prompt_style"], **dataclasses.asdict(style)}
+        template = template_record(meta["prompt_style"], style)
         (tmp / PROMPT_STYLE_FILE).write_text(json.dumps(template, indent=2) + "\n")
         pickled = sorted(p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
         if pickled:
@@ -149,7 +149,7 @@ def export(cfg: ExportConfig) -> Path:
 
 def export_adapter(cfg: ExportConfig, out: Path) -> Path:
     """Write the adapters of LoRA checkpoint ``cfg.ckpt`` to ``out`` with PEFT's ``save_pretrained``."""
-    from sortednet.module import read_checkpoint
+    from sortednet.checkpoint import read_checkpoint
     from sortednet.hub import resolve
     from sortednet.lora import adapted_base
 

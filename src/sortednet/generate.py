@@ -238,7 +238,7 @@ def encode_prompts(cfg: GenerateConfig, pairs, tokenizer, net, meta) -> list[lis
     """Token ids of each prompt, exactly as training tokenizes them; checked against the context window."""
     from sortednet.inference.load import prompt_style_of
 
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     ids = tokenizer([style.format(instruction, text) for instruction, text in pairs])["input_ids"]
     window = getattr(net.lm.config, "max_position_embeddings", None)
     if window:
@@ -285,7 +285,7 @@ def measure_latency(net, tokenizer, meta: dict, device: torch.device) -> dict[in
     from sortednet.data.alpaca import pad_id
     from sortednet.inference.load import prompt_style_of
 
-    prompt = tokenizer(prompt_style_of(meta).format(PROFILE_INSTRUCTION))["input_ids"]
+    prompt = tokenizer(prompt_style_of(meta, tokenizer).format(PROFILE_INSTRUCTION))["input_ids"]
     ids = torch.tensor([prompt], device=device)
     kwargs = dict(
         attention_mask=torch.ones_like(ids),

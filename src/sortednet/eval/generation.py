@@ -200,7 +200,7 @@ def generate_answers(
     """``(lines, meta, reused)`` of exit ``exit_``'s answer file in ``root``, generated unless reusable."""
     from sortednet.inference.load import prompt_style_of
 
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     settings = answer_settings(meta["source"], exit_, items, max_new_tokens, style)
     path = answers_path(root, name, exit_)
     prompts = encode(items, tokenizer, style, net, max_new_tokens)  # checked even when answers are reused

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sortednet.data.prompts import PromptStyle, get_prompt_style
+from sortednet.data.prompts import CHAT, ChatStyle, PromptStyle, get_prompt_style
 from sortednet.errors import SortedNetError
 from sortednet.model import SortedLM
 
@@ -50,12 +50,13 @@ def load_sorted(ckpt: str, cache_dir=None, device: str | torch.device | None = N
     return net, tokenizer, meta
 
 
-def prompt_style_of(meta: dict) -> PromptStyle:
-    """The prompt template a checkpoint was trained with: its own strings if it carries them, else by name."""
+def prompt_style_of(meta: dict, tokenizer) -> PromptStyle | ChatStyle:
+    """The prompt template a checkpoint was trained with: its own strings if it carries them, else by name
+    (``chat``: the tokenizer's chat template)."""
     template = meta.get("prompt_template")
     if template:
         return PromptStyle(with_input=template["with_input"], without_input=template["without_input"])
-    return get_prompt_style(meta.get("prompt_style", DEFAULT_PROMPT_STYLE))
+    return get_prompt_style(meta.get("prompt_style", DEFAULT_PROMPT_STYLE), tokenizer)
 
 
 def _no_init():
@@ -125,8 +126,8 @@ def _merged_lora_state(adapters: dict, meta: dict, source: str, cache_dir) -> di
 
 
 def _load_lightning(path: Path, cache_dir):
+    from sortednet.checkpoint import read_checkpoint
     from sortednet.hub import load_tokenizer
-    from sortednet.module import read_checkpoint
 
     checkpoint = read_checkpoint(str(path))
     meta = dict(checkpoint["sortednet"])
@@ -197,7 +198,7 @@ def _load_exported(path: Path):
         "exported_from": entry,
     }
     template_file = path / PROMPT_STYLE_FILE
-    if template_file.is_file():
+    if template_file.is_file() and meta["prompt_style"] != CHAT:  # a chat template travels in the tokenizer
         try:
             template = json.loads(template_file.read_text())
             meta["prompt_template"] = {key: template[key] for key in ("with_input", "without_input")}

@@ -187,6 +187,68 @@ def test_alpaca_rows_pass_through_unchanged(tmp_path):
     assert training_rows(str(file)) == rows
 
 
+# llm-foundry's layout, as /work/shared/data/triviaqa/triviaqa_sm_sub.jsonl holds it
+FOUNDRY_ROWS = [
+    {"context": "Question: What type of animal is a dik-dik?\nAnswer:", "answer": "Antelope",
+     "aliases": ["Botswanan Antelopes", "Antelope", "Antelopes"]},
+    {"context": "Question: Which 'Sutherland Brothers and \x85.'?\nAnswer:", "answer": "QUIVER",
+     "aliases": ["QUIVER", "Quiver"]},
+    {"context": "Question:  Answer: is in the question?\nAnswer: ", "answer": "Yes", "aliases": []},
+]  # fmt: skip
+REAL_TRIVIAQA = Path(__file__).parents[2] / "shared" / "data" / "triviaqa" / "triviaqa_sm_sub.jsonl"
+
+
+def test_llm_foundry_layout_reads_question_from_the_context_and_answer_first(tmp_path):
+    file = tmp_path / "foundry.jsonl"
+    # written as Python's json writes it: U+0085 stays raw inside a string (a JSON Lines line ends at "\n" only)
+    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in FOUNDRY_ROWS), encoding="utf-8")
+    records = read_triviaqa(str(file))
+    assert records == [
+        {"question": "What type of animal is a dik-dik?", "answers": ["Antelope", "Botswanan Antelopes", "Antelopes"],
+         "id": None},
+        {"question": "Which 'Sutherland Brothers and \x85.'?", "answers": ["QUIVER", "Quiver"], "id": None},
+        {"question": "Answer: is in the question?", "answers": ["Yes"], "id": None},
+    ]  # fmt: skip
+    assert training_rows(str(file))[0] == {"instruction": "What type of animal is a dik-dik?", "input": "",
+                                           "output": " Antelope"}  # fmt: skip
+
+
+@pytest.mark.skipif(not REAL_TRIVIAQA.is_file(), reason="needs ../shared/data/triviaqa (the project's real data)")
+def test_the_real_llm_foundry_file_is_read_as_it_is():
+    rows = [json.loads(line) for line in REAL_TRIVIAQA.read_text(encoding="utf-8").split("\n") if line.strip()]
+    records = read_triviaqa(str(REAL_TRIVIAQA))
+    assert len(records) == len(rows) == 3000
+    for row, record in zip(rows, records, strict=True):
+        assert row["context"] == f"Question: {record['question']}\nAnswer:"
+        assert record["answers"][0] == row["answer"] and set(record["answers"]) == {row["answer"], *row["aliases"]}
+    training = training_rows(str(REAL_TRIVIAQA))
+    assert training[0] == {
+        "instruction": "Brunswick, Lancastrian and Pearl Pickler are types of which vegetable?",
+        "input": "",
+        "output": " Onion",
+    }
+
+
+UNKNOWN_LAYOUTS = {
+    "prompt_completion": {"prompt": "Q?", "completion": "A"},
+    "foundry_without_answer_line": {"context": "Question: Who?", "answer": "Me", "aliases": []},
+    "foundry_without_answer": {"context": "Question: Who?\nAnswer:", "aliases": ["Me"]},
+}
+
+
+@pytest.mark.parametrize("name", list(UNKNOWN_LAYOUTS))
+def test_a_file_in_an_unknown_layout_names_the_layouts_read(tmp_path, name):
+    file = tmp_path / "unknown.jsonl"
+    file.write_text(json.dumps(UNKNOWN_LAYOUTS[name]) + "\n", encoding="utf-8")
+    for read in (read_triviaqa, training_rows):
+        with pytest.raises(SortedNetError) as error:
+            read(str(file))
+        message = _one_line(error)
+        assert "row 0 of" in message and str(file) in message
+        if name != "foundry_without_answer":
+            assert "trivia_qa {question, answer: {value, aliases}}" in message and "llm-foundry {context" in message
+
+
 # 2. Training rows through the DataModule -----------------------------------------------------------
 
 
@@ -420,3 +482,36 @@ def test_evaluate_exits_refuses_bad_input(net, tokenizer):
     with pytest.raises(SortedNetError) as error:
         evaluate_exits(net, tokenizer, meta, RECORDS, [0, 9])
     assert "[1, 8]" in _one_line(error)
+
+
+@pytest.mark.skipif(not REAL_TRIVIAQA.is_file(), reason="needs ../shared/data/triviaqa (the project's real data)")
+def test_evaluate_suite_reads_the_real_file_and_refuses_an_unknown_layout(cache_dir, tmp_path, capsys):
+    """`python -m sortednet.evaluate suite=triviaqa data=FILE` on llm-foundry's file as it is."""
+    import lightning
+    import torch
+
+    from sortednet import evaluate
+    from sortednet.config import ModelConfig, ObjectiveConfig
+    from sortednet.module import SortedModule
+
+    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[4, 8], cache_dir=str(cache_dir))
+    module.configure_model()
+    ckpt = tmp_path / "soft.ckpt"
+    torch.save(
+        {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,
+         "state_dict": module.state_dict(), "sortednet": {**module.metadata(), "prompt_style": "triviaqa"}},
+        ckpt,
+    )  # fmt: skip
+    args = ["suite=triviaqa", f"ckpt={ckpt}", "exits=[8]", "limit=3", "max_new_tokens=4", f"out={tmp_path / 'out'}"]
+    assert evaluate.main([*args, f"data={REAL_TRIVIAQA}"]) == 0, capsys.readouterr().err
+    lines = (tmp_path / "out" / "triviaqa_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    predicted = [json.loads(line) for line in lines]
+    assert [p["question"] for p in predicted] == [r["question"] for r in read_triviaqa(str(REAL_TRIVIAQA))[:3]]
+    assert predicted[0]["answers"][0] == "Onion"
+
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"prompt": "Q?", "completion": "A"}) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert evaluate.main([*args, f"data={unknown}"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("sortednet: error: row 0 of") and "llm-foundry {context" in line

@@ -1,10 +1,12 @@
 """TriviaQA for closed-book question answering: reading, checking, and the question → answer training rows.
 
-Two row layouts are read, from a ``.json`` (a list, or JSON Lines as ``datasets``' ``to_json`` writes them)
+Three row layouts are read, from a ``.json`` (a list, or JSON Lines as ``datasets``' ``to_json`` writes them)
 or ``.jsonl`` file:
 
 - the Hugging Face ``trivia_qa`` layout (configs ``rc.nocontext``, ``unfiltered.nocontext``, ...): ``question``
   and ``answer`` = ``{"value": ..., "aliases": [...], "normalized_aliases": [...], ...}``;
+- llm-foundry's (its ``triviaqa_sm_sub.jsonl``): ``context`` = ``"Question: ...\\nAnswer:"``, ``answer`` (a
+  string, the training target) and ``aliases``; the question is the text between ``Question:`` and ``Answer:``;
 - a plain one: ``question`` and ``answers`` = a list of strings, the first being the training target.
 
 A hub id (``mandarjoshi/trivia_qa``) is loaded with ``datasets.load_dataset`` when the hub is reachable.
@@ -23,6 +25,12 @@ from sortednet.errors import SortedNetError
 DEFAULT_HUB_ID = "mandarjoshi/trivia_qa"
 DEFAULT_CONFIG = "unfiltered.nocontext"
 """The hub config read for a hub id: unique questions, no evidence documents (closed book)."""
+LAYOUTS = (
+    "Hugging Face trivia_qa {question, answer: {value, aliases}}, "
+    "llm-foundry {context: 'Question: ... Answer:', answer, aliases}, or {question, answers: [...]}"
+)
+# llm-foundry's context: the question between "Question:" and the final "Answer:" on its own line.
+_FOUNDRY_CONTEXT = re.compile(r"\s*Question:(?P<question>.*)\n\s*Answer:\s*", re.DOTALL)
 
 
 def _is_local(path: str) -> bool:
@@ -44,7 +52,9 @@ def looks_like_triviaqa(rows: list) -> bool:
     """Whether rows read from a file are TriviaQA rows (a question or answers, no instruction)."""
     first = rows[0] if rows else None
     return (
-        isinstance(first, dict) and "instruction" not in first and bool({"question", "answer", "answers"} & set(first))
+        isinstance(first, dict)
+        and "instruction" not in first
+        and bool({"question", "context", "answer", "answers"} & set(first))
     )
 
 
@@ -90,10 +100,13 @@ def parse_triviaqa(rows: list, source: str) -> list[dict]:
         where = f"row {index} of {source}"
         if not isinstance(row, dict):
             raise SortedNetError(f"{where} is a {type(row).__name__}, expected an object")
+        if "question" not in row and "context" in row:
+            records.append(_foundry_record(row, where))
+            continue
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             problem = "has no 'question' field" if "question" not in row else "has an empty or non-text 'question'"
-            raise SortedNetError(f"{where} {problem}; every TriviaQA row needs a question")
+            raise SortedNetError(f"{where} {problem}; every TriviaQA row needs a question (layouts read: {LAYOUTS})")
         if "answer" in row:
             answer = row["answer"]
             if not isinstance(answer, dict) or "value" not in answer:
@@ -110,17 +123,35 @@ def parse_triviaqa(rows: list, source: str) -> list[dict]:
             if not answers or not answers[0].strip():
                 raise SortedNetError(f"{where} has an empty 'answers' list; give at least one answer")
         else:
-            raise SortedNetError(f"{where} has no 'answer' or 'answers' field; every TriviaQA row needs its answers")
-        records.append(
-            {
-                "question": question,
-                "answers": list(dict.fromkeys(a for a in answers if a.strip())),
-                "id": row.get("question_id"),
-            }
-        )
+            raise SortedNetError(
+                f"{where} has no 'answer' or 'answers' field; every TriviaQA row needs its answers "
+                f"(layouts read: {LAYOUTS})"
+            )
+        records.append(_record(question, answers, row.get("question_id")))
     if not records:
         raise SortedNetError(f"{source} holds no TriviaQA rows")
     return records
+
+
+def _record(question: str, answers: list[str], id_) -> dict:
+    return {"question": question, "answers": list(dict.fromkeys(a for a in answers if a.strip())), "id": id_}
+
+
+def _foundry_record(row: dict, where: str) -> dict:
+    """A row of llm-foundry's layout: ``context`` "Question: ...\\nAnswer:", ``answer`` and ``aliases``."""
+    context = row["context"]
+    match = _FOUNDRY_CONTEXT.fullmatch(context) if isinstance(context, str) else None
+    if match is None or not match["question"].strip():
+        raise SortedNetError(
+            f"{where}: 'context' is not 'Question: <question>' followed by a line 'Answer:' (llm-foundry's layout); "
+            f"fix the row (layouts read: {LAYOUTS})"
+        )
+    answer = row.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+        raise SortedNetError(f"{where} has no text 'answer' (llm-foundry's layout: context, answer, aliases)")
+    return _record(
+        match["question"].strip(), [answer, *_strings(row.get("aliases") or [], f"{where}: 'aliases'")], None
+    )
 
 
 def to_instruction_rows(records: list[dict]) -> list[dict]:
@@ -139,4 +170,12 @@ def training_rows(path: str) -> list:
     if is_triviaqa_hub_id(path):
         return to_instruction_rows(read_triviaqa(path, split="train"))
     rows = read_rows(path)
-    return to_instruction_rows(parse_triviaqa(rows, path)) if looks_like_triviaqa(rows) else rows
+    if looks_like_triviaqa(rows):
+        return to_instruction_rows(parse_triviaqa(rows, path))
+    first = rows[0] if rows else None
+    if isinstance(first, dict) and "instruction" not in first:
+        raise SortedNetError(
+            f"row 0 of {path} has the fields {sorted(first)}, a layout sortednet does not read; "
+            f"Alpaca {{instruction, input, output}} or TriviaQA: {LAYOUTS}"
+        )
+    return rows

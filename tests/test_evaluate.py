@@ -23,7 +23,6 @@ from sortednet.data.embedded import make_rows
 from sortednet.eval.exits import greedy_answers, greedy_ids
 from sortednet.eval.pareto import pareto_frontier, pareto_table
 from sortednet.inference.load import load_sorted, prompt_style_of
-from sortednet.module import exit_losses
 
 # PandaLM-format items (motivation_app, instruction, input; no reference output), short enough for the tiny model.
 PANDALM_ITEMS = [
@@ -102,7 +101,7 @@ def test_loss_suite_equals_a_direct_exit_losses_pass(ckpts, rows_file, tmp_path,
     pairs = zip(columns["input_ids"], columns["labels"], strict=True)
     batch = Collator(pad_id(tokenizer))([{"input_ids": i, "labels": labels} for i, labels in pairs])
     with torch.no_grad():
-        _, direct = exit_losses(net, batch["input_ids"], batch["attention_mask"], batch["labels"], [2, 4, 6, 8])
+        _, direct = net.exit_losses(batch["input_ids"], batch["attention_mask"], batch["labels"], [2, 4, 6, 8])
     tokens = int((batch["labels"][:, 1:] != -100).sum())
     for row in table:
         assert float(row["loss"]) == pytest.approx(float(direct[int(row["exit"])]), rel=1e-5)

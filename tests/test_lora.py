@@ -17,7 +17,7 @@ from sortednet.hub import load_causal_lm
 from sortednet.inference.load import load_sorted
 from sortednet.lora import add_lora_
 from sortednet.model import SortedLM
-from sortednet.module import SortedModule, exit_losses
+from sortednet.module import SortedModule
 from test_train import _ckpt, _ok, run_cli
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8"]
@@ -44,7 +44,7 @@ def test_adapters_start_as_the_base_model_and_only_they_train(cache_dir, tokeniz
         torch.testing.assert_close(logits, reference[e])
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert len(trainable) == 2 * len(adapted) and all(n.endswith(ADAPTER) for n in trainable)
-    loss, _ = exit_losses(net, ids, mask, labels, [2, 8])
+    loss, _ = net.exit_losses(ids, mask, labels, [2, 8])
     loss.backward()
     # every adapter below the deepest exit gets gradient; B's gradient is non-zero from the first step
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in net.named_parameters() if "lora_B" in n)

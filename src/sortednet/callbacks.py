@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 
+from sortednet.loss import count_labels
+
 
 class TokenThroughput(L.Callback):
     """Logs ``train/tokens_per_s`` (non-padding), ``train/response_tokens_per_s`` (label positions),
@@ -45,7 +47,7 @@ class TokenThroughput(L.Callback):
         c["batches"] += 1
         c["samples"] += batch["input_ids"].shape[0]
         c["tokens"] += int(batch["attention_mask"].sum())
-        c["labels"] += int((batch["labels"][:, 1:] != -100).sum())
+        c["labels"] += count_labels(batch["labels"])
         common = dict(time=elapsed, batches=c["batches"], samples=c["samples"])
         self.tokens.update(**common, lengths=c["tokens"], flops=getattr(pl_module, "flops_per_batch", None))
         self.response.update(**common, lengths=c["labels"])

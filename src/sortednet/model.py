@@ -179,6 +179,20 @@ class SortedLM(nn.Module):
         pick = (lambda h: h) if positions is None else (lambda h: h[positions])  # noqa: E731
         return {e: pick(states[e]) if e == self.num_layers else self.norm(pick(states[e])) for e in exits}
 
+    def exit_losses(self, input_ids, attention_mask, labels, exits: Sequence[int], weights=None):
+        """The multi-exit loss of a batch and its per-exit values: one pass through the decoder, then every exit's
+        head at the label positions (:func:`sortednet.loss.multi_exit_loss`). Under FSDP2 it is registered as
+        a forward method of the root unit, so the root is gathered before it and reduced after its backward.
+
+        ICT's decoder is frozen (requires_grad off), so grad mode records no graph through it; it stays on
+        there, as FSDP2 sets up gradient reduction only for a grad-mode forward whose output requires grad.
+        """
+        from sortednet.loss import label_positions, multi_exit_loss
+
+        positions, targets = label_positions(labels)
+        rows = self.exit_hidden_states(input_ids, attention_mask, exits, positions)
+        return multi_exit_loss(rows, {e: self.head(e) for e in exits}, targets, weights)
+
     def exit_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, exits: Sequence[int]
     ) -> dict[int, torch.Tensor]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
-import types
 from collections.abc import Callable
 
 import lightning as L
@@ -20,7 +18,7 @@ from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
 from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
 from sortednet.lora import add_lora_, lora_state
-from sortednet.loss import count_labels, label_positions, multi_exit_loss
+from sortednet.loss import count_labels
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
 from sortednet.schedule import ExitSchedule
 
@@ -177,7 +175,6 @@ class SortedModule(L.LightningModule):
         fully_shard(net, mesh=mesh, mp_policy=policy)
         # The loss reaches the decoder, norm and heads through this method, not forward: make it the root's
         # forward, so the root is gathered before it and its gradients are reduced after the loss's backward.
-        net.exit_losses = types.MethodType(exit_losses, net)
         register_fsdp_forward_method(net, "exit_losses")
         device = self.trainer.strategy.root_device
         net.to_empty(device=device)
@@ -209,9 +206,7 @@ class SortedModule(L.LightningModule):
 
     # ---------------------------------------------------------------- steps
     def _losses(self, batch: dict, exits, weights=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        # Under FSDP2 the net carries exit_losses as a registered forward method (see _shard).
-        run = getattr(self.net, "exit_losses", None) or functools.partial(exit_losses, self.net)
-        return run(batch["input_ids"], batch["attention_mask"], batch["labels"], exits, weights)
+        return self.net.exit_losses(batch["input_ids"], batch["attention_mask"], batch["labels"], exits, weights)
 
     def on_fit_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)
@@ -307,18 +302,6 @@ class SortedModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
         }
-
-
-def exit_losses(net: SortedLM, input_ids, attention_mask, labels, exits, weights=None):
-    """The multi-exit loss of a batch and its per-exit values: one pass through the decoder, then every exit's
-    head at the label positions (:func:`sortednet.loss.multi_exit_loss`).
-
-    ICT's decoder is frozen (requires_grad off), so grad mode records no graph through it; it stays on there,
-    as FSDP2 sets up gradient reduction only for a grad-mode forward whose output requires grad.
-    """
-    positions, targets = label_positions(labels)
-    rows = net.exit_hidden_states(input_ids, attention_mask, exits, positions)
-    return multi_exit_loss(rows, {e: net.head(e) for e in exits}, targets, weights)
 
 
 def _rebuild_non_persistent_buffers(module: torch.nn.Module, device: torch.device) -> None:

@@ -11,7 +11,7 @@ import math
 import torch
 
 from sortednet.data.alpaca import Collator, check_rows, pad_id, tokenize_rows
-from sortednet.module import exit_losses
+from sortednet.loss import count_labels
 
 EMBEDDED = "embedded"
 
@@ -52,10 +52,10 @@ def per_exit_loss(net, rows: list[dict], exits: list[int], pad: int, batch_size:
     tokens = 0
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = count_labels(batch["labels"])
         if n == 0:
             continue
-        _, losses = exit_losses(net, batch["input_ids"], batch["attention_mask"], batch["labels"], exits)
+        _, losses = net.exit_losses(batch["input_ids"], batch["attention_mask"], batch["labels"], exits)
         for e in exits:
             sums[e] += float(losses[e]) * n
         tokens += n

@@ -51,6 +51,9 @@ def files(tmp_path_factory, cache_dir) -> dict[str, Path]:
     paths["extracted"] = _save_checkpoint(root / "extracted.ckpt", {}, {**meta, "objective": "extracted"})
     other = {**meta, "num_layers": 4, "hf_config": {**meta["hf_config"], "hidden_size": 48}}
     paths["other_model"] = _save_checkpoint(root / "other.ckpt", {}, other)
+    paths["broken_model"] = root / "broken-model"
+    paths["broken_model"].mkdir()
+    (paths["broken_model"] / "config.json").write_text('{"model_type": "llama",')
     paths["file"] = root / "a-file"
     paths["file"].write_text("not a directory")
     return paths
@@ -93,6 +96,7 @@ TRAIN = [
     (["ckpt_path=/no/such.ckpt"], "not found"),
     (["ckpt_path=<cache>"], "not a distributed checkpoint"),
     (["model.name_or_path=/no/such/model"], "does not exist"),
+    (["model.name_or_path=<broken_model>"], "config.json' is not valid JSON"),
     (["experiment=soft_13b"], "model.name_or_path=/path/to/Llama-2-13b-hf"),
     (["exits=[2,4,9]"], "outside [1, 8]"),
     (["exits=[4,2,8]"], "not sorted"),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from sortednet.data.embedded import make_rows
-from test_train import _metrics, _ok, run_cli
+from test_train import _metrics, _ok, cli_command, cli_env, run_cli
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -66,3 +71,67 @@ def test_local_sweep_with_ddp_runs_each_job_once_on_two_processes(tmp_path, cach
         assert len(steps) == 2  # 16 rows / (4 x 2 ranks): both ranks trained this job
         assert all(r[f"train/loss_exit_{e}"] for r in steps for e in exits)
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def _wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peer_dies_stops_at_once_with_one_line(tmp_path, cache_dir):
+    """kill -9 of rank 0 ends its child rank; kill -9 of the child ends rank 0: within seconds, one line each
+    (without sortednet.ranks, the survivor waits for the process group's 30-minute timeout)."""
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(make_rows(48)))  # 40 trained on at 2 x 2 ranks: 10 steps an epoch, 20 epochs
+    overrides = [f"data.path={data}", "strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=csv"]
+    overrides += ["data.val_size=8", "data.batch_size=2", "eval.num_generate=0", "trainer.max_epochs=20"]
+    runs = {}
+    for victim in ("rank0", "child"):
+        err = (tmp_path / f"{victim}.err").open("w")
+        runs[victim] = subprocess.Popen(
+            cli_command(tmp_path, victim, *overrides), cwd=tmp_path, env=cli_env(tmp_path),
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    try:
+        for victim, process in runs.items():  # both ranks train once the first checkpoint is written
+            last = tmp_path / victim / "checkpoints" / "last.ckpt"
+            started = _wait_until(last.exists, 900)
+            assert started and process.poll() is None, (tmp_path / f"{victim}.err").read_text()[-3000:]
+        for victim, process in runs.items():
+            (child,) = _children_of(process.pid)
+            os.kill(process.pid if victim == "rank0" else child, signal.SIGKILL)
+            survivor = child if victim == "rank0" else process.pid
+            assert _wait_until(lambda pid=survivor: not _alive(pid), 20), f"{victim} killed, the other rank still runs"
+            err = (tmp_path / f"{victim}.err").read_text()
+            if victim == "rank0":
+                expected = f"sortednet: error: rank 1: rank 0 (pid {process.pid}) is gone; stopping this rank"
+            else:
+                assert process.wait(timeout=10) == 1
+                expected = f"sortednet: error: rank 1 (pid {child}) exited with status -9; stopped the other ranks"
+            assert expected in err.splitlines(), err[-3000:]
+    finally:
+        for process in runs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)

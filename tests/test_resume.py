@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sortednet.data.datamodule import GlobalOrderSampler
 from sortednet.data.embedded import make_rows
+from sortednet.errors import SortedNetError
 from test_train import _metrics, _ok, cli_command, cli_env, run_cli
 
 # 32 train rows at batch 8: 4 steps an epoch; the cpu trainer validates (and writes last.ckpt) after steps 2 and
@@ -75,11 +77,11 @@ def test_a_killed_run_resumes_exactly_mid_epoch_and_at_epoch_end(tmp_path, cache
     )  # fmt: skip
     try:
         last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-        snapshots = _snapshot_until(killed, last, tmp_path, STEPS_PER_EPOCH, timeout=400)
+        snapshots = _snapshot_until(killed, last, tmp_path, STEPS_PER_EPOCH, timeout=900)
         assert killed.poll() is None, "the run ended before it could be killed"
         os.killpg(killed.pid, signal.SIGKILL)  # kill -9, mid-training: no handler, no final save
         assert killed.wait(timeout=30) == -signal.SIGKILL
-        assert full.wait(timeout=400) == 0, (tmp_path / "full.err").read_text()[-3000:]
+        assert full.wait(timeout=900) == 0, (tmp_path / "full.err").read_text()[-3000:]
     finally:
         for process in (full, killed):
             if process.poll() is None:
@@ -105,3 +107,48 @@ def test_a_killed_run_resumes_exactly_mid_epoch_and_at_epoch_end(tmp_path, cache
         assert weights.keys() == final.keys()
         for key, value in weights.items():
             torch.testing.assert_close(value, final[key], rtol=0, atol=1e-6)
+
+
+def _epoch(size: int, batch: int, world: int, epoch: int, seed: int = 7, consumed: int = 0) -> list[list[list[int]]]:
+    """Per global micro-batch, each rank's rows."""
+    samplers = [GlobalOrderSampler(size, batch, world, rank, seed) for rank in range(world)]
+    for sampler in samplers:
+        sampler.set_epoch(epoch)
+        sampler.consumed = consumed
+    shares = [list(sampler) for sampler in samplers]
+    batches, start = [], [0] * world
+    while start[0] < len(shares[0]):
+        step = []
+        for rank, rows in enumerate(shares):
+            size_ = len(rows[start[rank] :][:batch])
+            step.append(rows[start[rank] : start[rank] + size_])
+            start[rank] += size_
+        batches.append(step)
+    return batches
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_the_global_batches_are_the_same_for_one_and_n_ranks(epoch):
+    """Same global batch size, 1, 2 or 4 ranks: the same rows in every global micro-batch, none twice."""
+    one = [sorted(step[0]) for step in _epoch(45, 8, 1, epoch)]
+    for world, batch in ((2, 4), (4, 2)):
+        many = _epoch(45, batch, world, epoch)
+        assert [sorted(r for rank in step for r in rank) for step in many] == one
+        assert all(len({len(rank) for rank in step}) == 1 for step in many[:-1])  # equal shares but the last
+    assert sorted(r for step in one for r in step) == list(range(45))  # 45 = 5 x 8 + 5: the tail is trained too
+    assert one != [sorted(step[0]) for step in _epoch(45, 8, 1, epoch + 1)]  # a new order each epoch
+
+
+def test_the_position_resumes_on_any_world_size_and_len_is_the_whole_epoch():
+    full = [r for step in _epoch(40, 4, 2, 0) for rank in step for r in rank]
+    sampler = GlobalOrderSampler(40, 4, world_size=2, rank=0, seed=7)
+    for _ in range(3):
+        sampler.advance()  # three global micro-batches of 8 rows trained
+    resumed = GlobalOrderSampler(40, 8, world_size=1, rank=0, seed=7)
+    resumed.load_state_dict(sampler.state_dict())
+    assert list(resumed) == full[24:]  # one rank picks up at row 24 of the same order
+    assert len(resumed) == 40  # Lightning counts a resumed epoch's batches against the whole epoch
+    resumed.set_epoch(1)
+    assert resumed.consumed == 0
+    with pytest.raises(SortedNetError, match="data.val_size"):
+        GlobalOrderSampler(41, 8, seed=7).load_state_dict(sampler.state_dict())

@@ -11,6 +11,7 @@ plain Hugging Face model afterwards (no quantization config left), so it saves a
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 import urllib.parse
@@ -106,6 +107,12 @@ def _looks_local(name: str) -> bool:
 
 def _not_found(name: str, what: str, error: Exception) -> SortedNetError:
     if _looks_local(name):
+        config = Path(name).expanduser() / "config.json"
+        if config.is_file():  # the directory is right; its config is what is broken
+            try:
+                json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as broken:
+                return SortedNetError(f"{str(config)!r} is not valid JSON ({broken}); fix or replace that file")
         return SortedNetError(f"{what} path {name!r} does not exist or is not a Hugging Face {what} directory")
     where = "the hub is unreachable" if not hub_reachable() else f"the hub refused it ({type(error).__name__})"
     return SortedNetError(

@@ -8,8 +8,8 @@ Lightning's subprocess launcher starts ranks 1..N-1 as children of rank 0. Left 
 - a gloo process group left to interpreter shutdown can abort the process
   (``terminate called without an active exception``), a non-zero exit the observer then acts on.
 
-:func:`watched` covers one ``fit``/``validate`` sequence: a watchdog thread ends a child one second after its
-rank 0 is gone and rank 0 one second after a child failed (stopping the other children), each with one line
+:func:`watched` covers one ``fit``/``validate`` sequence: a watchdog thread ends a child within a second of
+its rank 0 being gone, and rank 0 as soon as a child failed (stopping the other children), each with one line
 on stderr; a failure on rank 0 stops its children; at the end rank 0 waits for its children, the observer
 is handed an empty list, and every rank destroys its process group.
 """
@@ -50,17 +50,25 @@ def _kill(processes: list[subprocess.Popen]) -> None:
                 process.send_signal(signal.SIGKILL)  # SIGTERM does not end a rank blocked in a collective
 
 
+def _wait_for(process: subprocess.Popen, rank: int, trainer, stop: threading.Event) -> None:
+    # Blocks until the child ends: rank 0 hears of a failure at once, before Lightning's observer (which polls
+    # every 5 s) SIGKILLs it without a word. Popen's wait lock makes the observer's poll() return None meanwhile.
+    process.wait()
+    if process.returncode and not stop.is_set():
+        _kill(_children(trainer))
+        _stop(f"rank {rank} (pid {process.pid}) exited with status {process.returncode}; stopped the other ranks")
+
+
 def _watch(trainer, stop: threading.Event, parent: int | None) -> None:
-    rank = os.environ.get("LOCAL_RANK", "0")
+    rank, waited = os.environ.get("LOCAL_RANK", "0"), set()
     while not stop.wait(POLL_S):
         if parent is not None and os.getppid() != parent:
             _stop(f"rank {rank}: rank 0 (pid {parent}) is gone; stopping this rank")
-        children = _children(trainer)
-        failed = [(i + 1, p) for i, p in enumerate(children) if p.poll() not in (None, 0)]
-        if failed:
-            index, process = failed[0]
-            _kill(children)
-            _stop(f"rank {index} (pid {process.pid}) exited with status {process.returncode}; stopped the other ranks")
+        for index, process in enumerate(_children(trainer), 1):  # Lightning starts them inside fit
+            if process.pid not in waited:
+                waited.add(process.pid)
+                args = (process, index, trainer, stop)
+                threading.Thread(target=_wait_for, args=args, daemon=True, name=f"sortednet-rank-{index}").start()
 
 
 @contextlib.contextmanager

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from sortednet.plan import PlanConfig, compose, plan, verdicts
+from sortednet.plan import PlanConfig, compose, main, plan, verdicts
 
 
 def test_soft_13b_on_eight_gpus():
@@ -32,7 +29,7 @@ def test_8bit_optimizer_quarters_the_optimizer_states():
     assert small == pytest.approx(base / 4)
 
 
-def test_cli_prints_a_table():
-    args = [sys.executable, "-m", "sortednet.plan", "experiment=soft_13b", "trainer.devices=8", "plan.mfu=0.5"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+def test_cli_prints_a_table(capsys):
+    assert main(["experiment=soft_13b", "trainer.devices=8", "plan.mfu=0.5"]) == 0
+    out = capsys.readouterr().out
     assert "13,015,864,320" in out and "| total, activation checkpointing" in out and "MFU 0.5" in out

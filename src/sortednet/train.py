@@ -39,6 +39,7 @@ def build_module(cfg: TrainConfig):
         activation_checkpointing=cfg.strategy.activation_checkpointing,
         mixed_precision=cfg.strategy.name == "fsdp" and str(cfg.trainer.get("precision")) == "bf16-mixed",
         prompt_style=cfg.data.prompt_style,
+        compile_layers=bool(cfg.trainer.get("compile", False)),
     )
 
 
@@ -60,6 +61,7 @@ def configure_strategy(cfg: TrainConfig) -> dict:
     from sortednet.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy
 
     trainer = dict(cfg.trainer)
+    trainer.pop("compile", None)  # sortednet's own knob (build_module), not a Lightning Trainer argument
     # Every single-file checkpoint (single, ddp, fsdp gathered) is written atomically: temp file, fsync, rename.
     trainer["plugins"] = [*(trainer.get("plugins") or []), AtomicCheckpointIO()]
     name, world = cfg.strategy.name, _world_size(trainer)
@@ -192,6 +194,31 @@ def _compute_dtype(cfg: TrainConfig) -> str:
     return cfg.model.dtype
 
 
+def _quiet_dependencies() -> None:
+    """Keep a user's terminal for sortednet's progress and tables: silence dependency messages that say nothing
+    about this run."""
+    import logging
+    import warnings
+
+    # Lightning advertises its cloud logger on every run.
+    tip = lambda record: not str(record.msg).startswith("💡 Tip")  # noqa: E731
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(tip)
+    # A run that stops before its first validation has no val/loss yet; last.ckpt is saved after fit regardless.
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
+    # Lightning's own use of a torch pytree API that torch deprecated: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _model_line(module) -> str:
+    """One line in place of Lightning's model summary (whose FLOPs column reads 0 without an example input)."""
+    params = list(module.net.parameters())
+    total, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    return (
+        f"model: {module.model_config.name_or_path} | {total / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M "
+        f"trainable | {module.net.num_layers} layers | objective={module.objective.name}, exits={module.eval_exits}"
+    )
+
+
 def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = None) -> None:
     import lightning as L
     import torch
@@ -204,12 +231,14 @@ def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = Non
     from sortednet.hub import load_tokenizer
 
     preflight.check_settings(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    _quiet_dependencies()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     if cfg.ckpt_path:
         preflight.read_metadata(cfg.ckpt_path)  # a missing or damaged checkpoint, before the model is loaded
     cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
     trainer_args = configure_strategy(cfg)
+    trainer_args.setdefault("enable_model_summary", False)  # replaced by _model_line
     module = build_module(cfg)
     if module.optimizer_factory is not None:
         optim.check(module.optimizer_factory, str(trainer_args.get("accelerator", "auto")))
@@ -248,10 +277,15 @@ def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = Non
             trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
         except (TypeError, ValueError) as error:
             raise SortedNetError(f"bad trainer setting: {error}") from error
+        if trainer.is_global_zero and not trainer_args["enable_model_summary"]:
+            print(_model_line(module))
         with one_job_ranks(trainer), ranks.watched(trainer):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            # weights_only: a resumed checkpoint is read without unpickling arbitrary objects; a full save (with
+            # optimizer and loops) is what resuming needs, said explicitly so Lightning does not note its default.
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
             # Validation-time checkpoints can miss the last steps; last.ckpt is always the end of training.
-            trainer.save_checkpoint(checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST))
+            last = checkpoints.format_checkpoint_name({}, checkpoints.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(last, weights_only=False)
             metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         if trainer.is_global_zero:
             # Greedy answers need the whole model on one rank; sharded weights are gathered only collectively.

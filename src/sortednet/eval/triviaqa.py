@@ -83,7 +83,7 @@ def question_prompts(tokenizer, meta: dict, records: Sequence[dict]) -> list[lis
     (the tokenizer's own special tokens, e.g. LLaMA's BOS, included)."""
     from sortednet.inference.load import prompt_style_of
 
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     return tokenizer([style.format(r["question"].strip()) for r in records])["input_ids"]
 
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,10 @@ def test_a_killed_run_resumes_exactly_mid_epoch_and_at_epoch_end(tmp_path, cache
     earlier = {p: p.read_bytes() for p in (tmp_path / "killed").rglob("*") if p.is_file()}
 
     # mid-epoch: into the killed run's own directory (its files stay; this run writes killed/resume-1)
-    _ok(run_cli(tmp_path, "killed", *common, f"ckpt_path={snapshots[mid]}"))
-    _ok(run_cli(tmp_path, "from_epoch_end", *common, f"ckpt_path={snapshots[STEPS_PER_EPOCH]}"))
+    resumes = [("killed", snapshots[mid]), ("from_epoch_end", snapshots[STEPS_PER_EPOCH])]
+    with ThreadPoolExecutor(len(resumes)) as pool:  # both at once: each its own process group and timeout
+        for process in pool.map(lambda r: run_cli(tmp_path, r[0], *common, f"ckpt_path={r[1]}"), resumes):
+            _ok(process)
     assert {p: p.read_bytes() for p in earlier} == earlier
 
     reference, final = _losses(tmp_path / "full"), _weights(tmp_path / "full")

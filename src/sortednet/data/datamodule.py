@@ -94,8 +94,8 @@ class GlobalOrderSampler(DistributedSampler):
 
 
 class _ResumableLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in the checkpoint (``state_dict``/``load_state_dict``
-    make it stateful for the fit loop) and restores before the first batch of the resumed run."""
+    """A DataLoader Lightning counts as resumable (``state_dict``/``load_state_dict``: no warning about a
+    mid-epoch checkpoint). The position it restores is the datamodule's, see :meth:`AlpacaDataModule.state_dict`."""
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
@@ -117,6 +117,7 @@ class AlpacaDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir or str(default_cache_dir())
         self.seed = config.seed if seed is None else seed
         self.train_set = self.val_set = self.train_sampler = None
+        self.restored_position: dict | None = None  # a checkpoint's train position, for the next sampler
 
     def _load(self):
         c = self.config
@@ -144,8 +145,8 @@ class AlpacaDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         batch_size = self.config.batch_size
-        # Re-created on reload with the position kept: Lightning restores a checkpoint's position into it.
-        state = self.train_sampler.state_dict() if self.train_sampler is not None else None
+        # Re-created on reload with the position kept; the first one starts at a restored checkpoint's position.
+        state = self.train_sampler.state_dict() if self.train_sampler is not None else self.restored_position
         self.train_sampler = GlobalOrderSampler(len(self.train_set), batch_size, world, rank, self.seed)
         if state is not None:
             self.train_sampler.load_state_dict(state)
@@ -156,6 +157,21 @@ class AlpacaDataModule(L.LightningDataModule):
             collate_fn=Collator(pad_id(self.tokenizer)),
             num_workers=self.config.num_workers,
         )
+
+    def state_dict(self) -> dict:
+        # The train position is saved here, not only in the fit loop's loader state: Lightning restores that one
+        # only into a loader it builds after the restore, and sortednet's module builds it before (its cosine
+        # schedule asks for estimated_stepping_batches), so a mid-epoch resume would start the epoch over.
+        return {"train_position": self.train_sampler.state_dict()} if self.train_sampler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Called before the train loader is built (strategy=single|ddp) or after (fsdp restores after setup).
+        self.restored_position = state.get("train_position")
+        if self.restored_position and self.train_sampler is not None:
+            self.train_sampler.load_state_dict(self.restored_position)
+            # Its iterator already read a batch from the old position: have Lightning build the loader again
+            # (fit starts with setup_data, which rebuilds when there is none).
+            self.trainer.fit_loop._combined_loader = None
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

@@ -27,7 +27,7 @@ from sortednet.errors import SortedNetError
 
 GIB = 1024**3
 CARDS = {"8x80GB": 80, "8x40GB": 40, "8x32GB (paper, V100)": 32}
-CONF = Path(__file__).parents[2] / "conf"
+CONF = Path(__file__).parent / "conf"  # the package's own configs (the repo's top-level conf/ links here)
 
 
 @dataclass

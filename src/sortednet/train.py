@@ -302,7 +302,7 @@ def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = Non
         loggers.finish(logger)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")  # shipped in the package
 def main(cfg: DictConfig) -> None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)

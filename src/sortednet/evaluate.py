@@ -12,6 +12,8 @@ Suites (each writes CSV/JSON + PNG into the run directory `out` and prints a tab
   analysis  KL divergence and cosine similarity of each exit vs the last layer of ckpt 1 (and of ckpt 2)
   pareto    quality (metric=exact_match|loss|pandalm) against measured ms/token of every exit, with each
             checkpoint's Pareto frontier  -> pareto.csv/png
+  lm_eval   lm-evaluation-harness tasks (tasks=[...], include_path=DIR for your own YAMLs) on each exit as the
+            sub-model it is, through lm-eval's HFLM  -> lm_eval.csv/json/png
   judge_agreement  no ckpt: the judge (judge=, or verdicts=FILE made elsewhere) on PandaLM's 999 human-labelled
             pairs in both orders, against the human majority, beside PandaLM-7B's published verdicts
             -> judge_agreement.csv/json/png, judge_agreement_verdicts.jsonl
@@ -29,6 +31,9 @@ judge         pandalm, judge_agreement: a hub id or local HF causal LM directory
 verdicts      judge_agreement: a JSON/JSONL file of {idx, verdict[, verdict_swapped]} (1, 2, 0/tie, null) instead
               of running a judge; data= is PandaLM's testset-v1.json (default: in ~/.cache/sortednet/pandalm)
 pairs         pandalm: all | diagonal (same exit) | vs_last (every row vs the last column)
+tasks         lm_eval: lm-eval task names, e.g. [hellaswag,arc_easy] or tasks of include_path
+include_path  lm_eval: a directory of task YAML files (TaskManager(include_path=DIR))
+num_fewshot   lm_eval: few-shot examples per prompt (default: each task's own)
 wandb         a W&B project to log tables and images to (offline without credentials); an active
               wandb.run is used without it
 """
@@ -49,7 +54,7 @@ from sortednet import cli
 from sortednet.errors import SortedNetError
 from sortednet.io import check_creatable_dir
 
-SUITES = ("loss", "generate", "pandalm", "triviaqa", "analysis", "pareto", "judge_agreement")
+SUITES = ("loss", "generate", "pandalm", "triviaqa", "analysis", "pareto", "lm_eval", "judge_agreement")
 PAIRS = ("all", "diagonal", "vs_last")
 DEFAULT_JUDGE = "WeOpenML/PandaLM-7B-v1"
 ANSWER_NEW_TOKENS, TRIVIAQA_NEW_TOKENS = 128, 24
@@ -75,6 +80,9 @@ class EvaluateConfig:
     pairs: str = "all"
     answers: list[str] | None = None
     verdicts: str | None = None
+    tasks: list[str] | None = None
+    include_path: str | None = None
+    num_fewshot: int | None = None
     positions: int = 20
     wandb: str | None = None
     device: str = "auto"
@@ -116,6 +124,11 @@ def check_settings(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
         raise SortedNetError("suite=judge_agreement judges PandaLM's labelled pairs, not a checkpoint; drop ckpt=")
     if cfg.verdicts is not None and cfg.suite != "judge_agreement":
         raise SortedNetError("verdicts=FILE is for suite=judge_agreement; drop it")
+    lm_eval_keys = [k for k in ("tasks", "include_path", "num_fewshot") if getattr(cfg, k) is not None]
+    if lm_eval_keys and cfg.suite != "lm_eval":
+        raise SortedNetError(f"{', '.join(lm_eval_keys)} are for suite=lm_eval; drop them")
+    if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
+        raise SortedNetError(f"num_fewshot={cfg.num_fewshot} must be 0 or more (or null for each task's own)")
     if not paths and not (cfg.suite == "pandalm" and cfg.answers) and cfg.suite != "judge_agreement":
         raise SortedNetError(
             "no checkpoint given; pass ckpt=PATH or ckpt=[A,B] (.ckpt of sortednet.train or export dir)"
@@ -435,6 +448,33 @@ def run_triviaqa(cfg, paths, names, run) -> list[dict]:
     return table
 
 
+def run_lm_eval(cfg, paths, names, run) -> list[dict]:
+    """lm-eval's tasks on every exit of every checkpoint: an exit x task table, lm-eval's result dicts, a plot."""
+    from sortednet.eval import harness
+    from sortednet.eval.output import plot_per_exit
+
+    manager = harness.task_manager(cfg.include_path)  # lm-eval and the tasks are checked before a model loads
+    tasks = harness.check_tasks(manager, cfg.tasks or [])
+    table, results = [], {}
+    for ckpt in checkpoints(cfg, paths, names):
+        for e in ckpt.exits:
+            result = harness.evaluate_exit(
+                ckpt.net, ckpt.tokenizer, e, tasks, manager,
+                num_fewshot=cfg.num_fewshot, limit=cfg.limit, batch_size=cfg.batch_size,
+            )  # fmt: skip
+            results.setdefault(ckpt.name, {})[str(e)] = result
+            table.append({"name": ckpt.name, "exit": e, **harness.table_row(result)})
+            print(f"{ckpt.name} exit {e}: lm-eval done", file=sys.stderr)
+    run.table("lm_eval", table)
+    settings = {"tasks": tasks, "num_fewshot": cfg.num_fewshot, "limit": cfg.limit, "include_path": cfg.include_path}
+    run.json("lm_eval", {**settings, "results": results})
+    metrics = harness.main_metrics(next(iter(next(iter(results.values())).values())))
+    panels = [(f"{task}/{metric}", f"{task}: {metric}") for task, metric in metrics.items()]
+    run.figure("lm_eval", plot_per_exit(table, panels, "lm-evaluation-harness per exit"))
+    _show(_table(table, ["name", "exit", *(key for key, _ in panels)], "lm-evaluation-harness per exit"))
+    return table
+
+
 def run_analysis(cfg, paths, names, run) -> list[dict]:
     """Exits of ckpt 1 against its own last layer, and against the last layer of ckpt 2 when given."""
     from sortednet.eval import analysis
@@ -547,6 +587,7 @@ RUNNERS = {
     "triviaqa": run_triviaqa,
     "analysis": run_analysis,
     "pareto": run_pareto,
+    "lm_eval": run_lm_eval,
     "judge_agreement": run_judge_agreement,
 }
 

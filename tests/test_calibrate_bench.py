@@ -39,3 +39,16 @@ def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):  # noqa: F
     for mode, row in by_mode.items():  # the lossless modes reproduce the full model's output on every prompt
         if mode.startswith(("speculative", "HF", "dynamic", "full")):
             assert row[-1] == "1.00", mode
+
+
+def test_bench_generate_batch_sweep(ckpts, capsys):  # noqa: F811
+    bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
+                "--thresholds", "1.0", "1.0", "1.0", "--draft-exits", "2", "--batch-size", "1", "3"])  # fmt: skip
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
+    table = [r for r in rows if r and r[0].isdigit()]
+    modes = ["HF generate", "plain (exit 8)", "speculative draft 2", "dynamic [1.0, 1.0, 1.0]"]
+    assert [(r[0], r[1]) for r in table] == [(b, m) for b in ("1", "3") for m in modes]
+    for batch, mode, _, speedup, _, same in table:
+        if mode != "HF generate":  # ours is lossless at every batch size (HF's left padding may round otherwise)
+            assert same == "1.00", (batch, mode)
+        assert mode != "plain (exit 8)" or speedup == "1.00x"

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import save_tiny
 from sortednet.errors import SortedNetError
-from sortednet.inference.decode import generate
+from sortednet.inference import decode
+from sortednet.inference.decode import generate, generate_batch
 from sortednet.model import SortedLM
 
 PROMPT = [3, 14, 15, 92, 65, 35, 8, 9]
@@ -110,3 +111,196 @@ def test_bad_decoding_settings(net, kwargs, message):
     assert message in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(SortedNetError, match="empty"):
         generate(net, [], max_new_tokens=4)
+
+
+# ---------------------------------------------------------------- batches
+
+PROMPTS = [PROMPT, [7, 1, 88], [4, 4, 61, 23, 19, 77, 31, 5, 12, 50, 2, 6], [42, 17, 9, 30, 8], [11]]
+
+
+def hf_greedy_alone(net: SortedLM, prompt: list[int], n: int) -> list[int]:
+    out = net.lm.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=n, eos_token_id=None)
+    return out[0, len(prompt) :].tolist()
+
+
+def up_to(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+@pytest.fixture(scope="module")
+def references(net) -> list[list[int]]:
+    """Each prompt's full-model greedy continuation, decoded alone by Hugging Face generate."""
+    return [hf_greedy_alone(net, p, 20) for p in PROMPTS]
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(mode="exit"), dict(mode="speculative", draft_exit=1), dict(mode="speculative", draft_exit=4),
+     dict(mode="dynamic", exits=[2, 4, 6], thresholds=[1.0, 1.0])],
+    ids=["exit", "speculative1", "speculative4", "dynamic"],
+)  # fmt: skip
+@pytest.mark.parametrize("batch_size", [2, 5])
+def test_batched_greedy_is_each_prompts_greedy_alone(net, references, mode, batch_size):
+    """Prompts of different lengths in one batch; rows stop at an EOS that only some of them produce."""
+    eos = references[0][6]  # a token row 0 makes mid-way: that row leaves the batch early, others may not
+    assert any(eos not in r for r in references)
+    expected = [up_to(r, eos) for r in references]
+    streamed: dict[int, list[int]] = {}
+    outputs = []
+    for start in range(0, len(PROMPTS), batch_size):
+        chunk = PROMPTS[start : start + batch_size]
+
+        def on_token(row: int, token: int, start=start) -> None:
+            streamed.setdefault(start + row, []).append(token)
+
+        tokens, stats = generate_batch(net, chunk, max_new_tokens=20, eos_token_id=eos, on_token=on_token, **mode)
+        outputs += tokens
+        assert stats["tokens"] == sum(map(len, tokens))
+    assert outputs == expected
+    assert [streamed[i] for i in range(len(PROMPTS))] == expected
+
+
+def test_batched_dynamic_rows_exit_at_different_depths_with_exact_keys_and_values(net):
+    """Every token of every row equals the argmax of its exit's logits recomputed from scratch on that row's
+    whole prefix, at the first exit confident enough: the lazy fill is exact per row."""
+    exits, thresholds = [2, 4, 6], [0.5, 0.5]
+    prompts = PROMPTS[:4]
+    outputs, stats = generate_batch(net, prompts, mode="dynamic", exits=exits, thresholds=thresholds,
+                                    max_new_tokens=20)  # fmt: skip
+    taken = stats["exit_per_token"]
+    assert [len(t) for t in taken] == [len(o) for o in outputs] == [20] * 4
+    assert any(len({row[i] for row in taken}) > 1 for i in range(1, 20))  # rows at different depths in one step
+    for prompt, tokens, depths in zip(prompts, outputs, taken, strict=True):
+        assert depths[0] == 6
+        with torch.no_grad():
+            logits = net.exit_logits(torch.tensor([prompt + tokens[:-1]]), None, exits)
+        for i, exit_taken in enumerate(depths[1:], start=1):
+            position = len(prompt) + i - 1
+            for e, threshold in zip(exits, [*thresholds, None], strict=True):
+                if threshold is None or float(torch.softmax(logits[e][0, position], -1).max()) >= threshold:
+                    assert e == exit_taken and int(logits[e][0, position].argmax()) == tokens[i]
+                    break
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def tiny_vocab_net(vocab_size: int = 6) -> SortedLM:
+    """A random 4-layer LLaMA over a few tokens: every distribution is spread, shallow exits differ from L."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    lm = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(4)  # between uniform and one-hot
+    return SortedLM(lm)
+
+
+def test_speculative_sampling_keeps_the_full_models_distribution():
+    """4000 seeds, 3 tokens each: the joint frequencies of (t1, t2, t3) match the full model's exact joint
+    probabilities (chi-square at p = 1e-4; the seeds are fixed, so the outcome is too)."""
+    net, prompt, n = tiny_vocab_net(), [1, 4, 2], 4000
+    outputs, stats = generate_batch(net, [prompt] * n, mode="speculative", draft_exit=1, max_new_tokens=3,
+                                    do_sample=True, seed=range(n))  # fmt: skip
+    assert stats["drafted"] > stats["accepted"] > 0  # drafts were both accepted and rejected
+    V = net.lm.config.vocab_size
+    sequences = torch.cartesian_prod(*[torch.arange(V)] * 3)
+    with torch.no_grad():
+        ids = torch.cat([torch.tensor([prompt]).expand(len(sequences), -1), sequences], dim=1)
+        logp = torch.log_softmax(net.lm(input_ids=ids).logits.double(), -1)
+    steps = torch.arange(3)
+    exact = logp[:, len(prompt) - 1 + steps].gather(-1, sequences[:, :, None])[..., 0].sum(-1).exp()
+    assert float(exact.sum()) == pytest.approx(1.0)
+    counts = torch.zeros(len(sequences), dtype=torch.float64)
+    for t in outputs:
+        counts[(t[0] * V + t[1]) * V + t[2]] += 1
+    expected = exact * n
+    big = expected >= 5  # pool the rare cells into one
+    observed = torch.cat([counts[big], counts[~big].sum()[None]])
+    expected = torch.cat([expected[big], expected[~big].sum()[None]])
+    chi2, df = float(((observed - expected) ** 2 / expected).sum()), len(observed) - 1
+    z = 3.72  # one-sided 1e-4; Wilson-Hilferty approximation of the chi-square quantile
+    assert chi2 < df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3, (chi2, df)
+
+
+def test_sampled_text_depends_on_the_seed_alone(net, monkeypatch):
+    """Speculative sampling gives the text plain full-model sampling gives for the same seed, whichever path
+    the timed switch takes (a clock with random jumps forces both), alone or in a batch."""
+    sampling = dict(do_sample=True, temperature=1.5, top_p=0.95, max_new_tokens=30)
+    plain, _ = generate_batch(net, PROMPTS, mode="exit", seed=[5, 6, 7, 8, 9], **sampling)
+    assert len({tuple(t) for t in plain}) == len(PROMPTS)  # real sampling, not a collapsed distribution
+    jumps = torch.Generator().manual_seed(0)
+    now = [0.0]
+
+    def jumpy_clock() -> float:
+        now[0] += float(torch.rand((), generator=jumps)) ** 4 * 10
+        return now[0]
+
+    monkeypatch.setattr(decode, "_clock", jumpy_clock)
+    spec, stats = generate_batch(net, PROMPTS, mode="speculative", draft_exit=3, seed=[5, 6, 7, 8, 9], **sampling)
+    assert spec == plain and stats["plain_steps"] > 0 and stats["drafted"] > 0
+    alone, _ = generate(net, PROMPTS[2], mode="speculative", draft_exit=2, seed=7, **sampling)
+    assert alone == plain[2]
+    dynamic, _ = generate(net, PROMPTS[2], mode="dynamic", exits=[2, 4, 6], thresholds=[1.0, 1.0], seed=7, **sampling)
+    assert dynamic == plain[2]
+    other, _ = generate(net, PROMPTS[2], mode="speculative", draft_exit=3, seed=8, **sampling)
+    assert other != plain[2]
+
+
+# ---------------------------------------------------------------- guards
+
+
+def test_a_layer_that_does_not_fill_the_cache_fails_loudly():
+    """A keyword the layers no longer know vanishes into **kwargs: the decoder must say so, not decode on."""
+
+    class DropsTheCache(torch.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, hidden_states, cache=None, **kwargs):
+            return self.layer(hidden_states, **kwargs)
+
+    net = tiny_vocab_net()
+    net.decoder.layers[2] = DropsTheCache(net.decoder.layers[2])
+    for mode in (dict(mode="exit"), dict(mode="speculative", draft_exit=1)):
+        with pytest.raises(SortedNetError, match="decoder layer 2 did not write its keys and values") as error:
+            generate(net, [1, 2, 3], max_new_tokens=4, **mode)
+        assert "\n" not in str(error.value)
+
+
+def test_unsupported_attention_layers_are_refused():
+    net = tiny_vocab_net()
+    net.lm.config.layer_types = ["full_attention", "chunked_attention", "full_attention", "full_attention"]
+    with pytest.raises(SortedNetError, match=r"layer types \['chunked_attention'\].*use mode=exit") as error:
+        generate(net, [1, 2, 3], max_new_tokens=4)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "window"),
+    [
+        ("mistral", dict(sliding_window=4)),
+        ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=2)),
+    ],
+)
+def test_sliding_window_models_decode_as_hugging_face_does(tmp_path, model_type, window):
+    """A window shorter than the sequence: every mode gives each prompt's own greedy output, which differs
+    from what the same weights give without the window (so the window is really in play)."""
+    path = save_tiny(model_type, tmp_path / "windowed", num_hidden_layers=6, **window)
+    lm = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(30)
+    net = SortedLM(lm)
+    assert 4 in decode.attention_windows(lm.config, 6)
+    expected = [hf_greedy_alone(net, p, 16) for p in PROMPTS[:3]]
+    full_path = save_tiny(model_type, tmp_path / "full", num_hidden_layers=6)
+    unwindowed = SortedLM(AutoModelForCausalLM.from_pretrained(full_path).eval())
+    with torch.no_grad():
+        unwindowed.lm.lm_head.weight.mul_(30)
+    assert [hf_greedy_alone(unwindowed, p, 16) for p in PROMPTS[:3]] != expected
+    for mode in (dict(mode="exit"), dict(mode="speculative", draft_exit=2),
+                 dict(mode="dynamic", exits=[3, 6], thresholds=[1.0])):  # fmt: skip
+        assert generate_batch(net, PROMPTS[:3], max_new_tokens=16, **mode)[0] == expected, mode

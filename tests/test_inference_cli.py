@@ -8,7 +8,6 @@ import io
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import lightning
@@ -259,36 +258,21 @@ def test_exit_auto_picks_the_deepest_exit_within_the_budget(ckpts, tmp_path, cap
     assert f"the fastest, exit {fastest}, takes {profile[fastest]:.3f} ms per token" in err
 
 
-def test_speculative_and_dynamic_modes_go_through_decode(ckpts, capsys, monkeypatch):
-    """The decoding itself is sortednet.inference.decode's; here a stand-in checks the wiring and streaming."""
-    calls = []
-    net, tokenizer, _ = load_sorted(str(ckpts["soft"]))
-    emitted = tokenizer("The apple is red.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-
-    def fake_generate(net, input_ids, **kwargs):
-        calls.append(kwargs)
-        for token in emitted:
-            kwargs["on_token"](token)
-        return list(emitted), {"tokens": len(emitted), "acceptance": 0.75, "mean_exit": 5.5}
-
-    monkeypatch.setitem(sys.modules, "sortednet.inference.decode", types.SimpleNamespace(generate=fake_generate))
-    common = [f"ckpt={ckpts['soft']}", f"prompt={PROMPT}", "max_new_tokens=7", "device=cpu"]
-    code, out, err = _run(generate.main, [*common, "mode=speculative", "draft_exit=2"], capsys)
+def test_speculative_and_dynamic_modes_print_the_full_models_text(ckpts, tmp_path, capsys):
+    """The lossless modes, streamed (batch_size=1) and batched, print what full-model greedy prints."""
+    jsonl = tmp_path / "prompts.jsonl"
+    rows = [{"instruction": PROMPT}, {"instruction": "Repeat the words exactly.", "input": "apple river stone"},
+            {"instruction": "How many words are in the input?", "input": "apple apple"}]  # fmt: skip
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    common = [f"ckpt={ckpts['soft']}", f"prompts={jsonl}", f"max_new_tokens={N}", "device=cpu"]
+    code, full, err = _run(generate.main, [*common, "exit=8"], capsys)
     assert code == 0, err
-    assert out == "The apple is red.\n" and "acceptance=0.75" in err and "mean_exit=5.5" in err
-    code, out, err = _run(generate.main, [*common, "mode=dynamic", "thresholds=[0.9,0.8,0.7]"], capsys)
-    assert code == 0 and out == "The apple is red.\n"
-    spec, dyn = calls
-    assert (spec["mode"], spec["draft_exit"], spec["max_new_tokens"], spec["seed"]) == ("speculative", 2, 7, 0)
-    assert (dyn["mode"], dyn["thresholds"], dyn["eos_token_id"]) == ("dynamic", [0.9, 0.8, 0.7], tokenizer.eos_token_id)
-
-    def fake_with_exits(net, input_ids, *, exits=None, **kwargs):  # the real one takes the exit set to try
-        calls.append({"exits": exits, **kwargs})
-        return [], {}
-
-    monkeypatch.setitem(sys.modules, "sortednet.inference.decode", types.SimpleNamespace(generate=fake_with_exits))
-    code, out, _ = _run(generate.main, [*common, "mode=dynamic", "thresholds=[0.9,0.8,0.7]"], capsys)
-    assert code == 0 and out == "\n" and calls[-1]["exits"] == [2, 4, 6, 8]
+    modes = {"speculative": ("draft_exit=2", "acceptance="), "dynamic": ("thresholds=[1,1,1]", "mean_exit=8")}
+    for mode, (setting, stat) in modes.items():
+        for batch, label in (("batch_size=1", "[3/3]"), ("batch_size=3", f"[1-3/3] {mode}, batch of 3")):
+            code, out, err = _run(generate.main, [*common, f"mode={mode}", setting, batch], capsys)
+            assert code == 0 and out == full, err
+            assert label in err and stat in err and "total (3 prompts)" in err
 
 
 def test_streaming_prints_multibyte_text_once_complete(tokenizer):
@@ -311,7 +295,6 @@ BAD_GENERATE = [
     (["mode=speculative", "draft_exit=8"], "draft_exit=8 must be in [1, 7]"),
     (["mode=speculative", "draft_exit=0"], "draft_exit=0 must be in [1, 7]"),
     (["mode=speculative"], "needs a draft exit"),
-    (["mode=speculative", "draft_exit=2", "batch_size=2"], "use batch_size=1"),
     (["mode=dynamic", "thresholds=[0.9,0.9]"], "expected 3: one per exit [2, 4, 6]"),
     (["mode=dynamic", "thresholds=[0.9,1.5,0.9]"], "outside (0, 1]"),
     (["mode=dynamic", "thresholds=[0.9,0,0.9]"], "outside (0, 1]"),

@@ -159,76 +159,130 @@ def _task_prompts(tokenizer, style, n: int, seed: int) -> tuple[list[list[int]],
     return prompts, [r["output"] for r in rows]
 
 
-def bench_generate(args) -> tuple[list[dict], list[float]]:
-    """Every decoding mode on the same prompts: speed against full-model greedy, and quality."""
-    from sortednet.flops import layer_matmul_params
-    from sortednet.inference.calibrate import calibrate, decode_all
-    from sortednet.inference.load import load_sorted, prompt_style_of
+class _GenerateBench:
+    """What every `bench generate` row shares: the model, the prompts and their references, the thresholds."""
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    net, tokenizer, meta = load_sorted(args.ckpt)
-    style, L = prompt_style_of(meta, tokenizer), net.num_layers
-    eos = None if args.ignore_eos else tokenizer.eos_token_id
-    exits = meta["exits"]
-    prompts, refs = _task_prompts(tokenizer, style, args.prompts, seed=1)
-    cal_prompts, cal_refs = _task_prompts(tokenizer, style, args.prompts, seed=2)
-    thresholds = (
-        args.thresholds
-        or calibrate(net, tokenizer, cal_prompts, cal_refs, exits, args.max_drop, args.max_new_tokens)[0]
-    )
-    cfg = net.lm.config
-    per_layer, head = 2 * layer_matmul_params(cfg), 2 * cfg.hidden_size * cfg.vocab_size
+    def __init__(self, args):
+        from sortednet.inference.calibrate import calibrate
+        from sortednet.inference.load import load_sorted, prompt_style_of
 
-    def measure(name: str, run) -> dict:
-        run(prompts[:2])  # warm-up
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.args = args
+        self.net, self.tokenizer, meta = load_sorted(args.ckpt)
+        style = prompt_style_of(meta, self.tokenizer)
+        self.eos = None if args.ignore_eos else self.tokenizer.eos_token_id
+        self.exits = meta["exits"]
+        self.prompts, self.refs = _task_prompts(self.tokenizer, style, args.prompts, seed=1)
+        cal_prompts, cal_refs = _task_prompts(self.tokenizer, style, args.prompts, seed=2)
+        self.thresholds = args.thresholds
+        if not self.thresholds:
+            self.thresholds = calibrate(
+                self.net, self.tokenizer, cal_prompts, cal_refs, self.exits, args.max_drop, args.max_new_tokens
+            )[0]
+
+    def measure(self, name: str, run) -> dict:
+        run(self.prompts[:2])  # warm-up
         start = time.perf_counter()
-        outputs, stats = run(prompts)
+        outputs, stats = run(self.prompts)
         seconds = time.perf_counter() - start
-        texts = tokenizer.batch_decode(outputs, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
         return {"mode": name, "outputs": outputs, "seconds": seconds, "tokens": sum(map(len, outputs)),
-                "exact_match": sum(t.strip() == r.strip() for t, r in zip(texts, refs, strict=True)) / len(refs),
+                "exact_match": sum(t.strip() == r.strip() for t, r in zip(texts, self.refs, strict=True)) / len(texts),
                 "stats": stats}  # fmt: skip
 
-    def ours(**mode):
-        return lambda ps: decode_all(net, ps, args.max_new_tokens, eos, **mode)
+    def ours(self, batch_size: int = 1, **mode):
+        from sortednet.inference.calibrate import decode_all
 
-    def hf_early_exit(draft_exit):
+        return lambda ps: decode_all(self.net, ps, self.args.max_new_tokens, self.eos, batch_size=batch_size, **mode)
+
+    def hf_generate(self, batch_size: int, **extra):
+        """Hugging Face ``generate`` of the full model, greedy, ``batch_size`` left-padded prompts at a time."""
+        from sortednet.data.alpaca import pad_id
+
+        pad = pad_id(self.tokenizer)
+
         def run(ps):
             outs = []
-            for p in ps:
-                ids = torch.tensor([p])
-                out = net.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      assistant_early_exit=draft_exit, max_new_tokens=args.max_new_tokens,
-                                      eos_token_id=eos, pad_token_id=eos)  # fmt: skip
-                outs.append(out[0, len(p) :].tolist())
+            for start in range(0, len(ps), batch_size):
+                chunk = ps[start : start + batch_size]
+                width = max(map(len, chunk))
+                ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk])
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+                out = self.net.lm.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                           max_new_tokens=self.args.max_new_tokens, eos_token_id=self.eos,
+                                           pad_token_id=pad, **extra)  # fmt: skip
+                for row in out[:, width:].tolist():  # up to and including the first EOS; the rest is padding
+                    outs.append(row[: row.index(self.eos) + 1] if self.eos in row else row)
             return outs, []
 
         return run
 
-    rows = [measure(f"full (exit {L})", ours(mode="exit", exit=L))]
+    def summarise(self, rows: list[dict], reference: dict) -> None:
+        """Speed against ``reference`` and each row's agreement with the full model's outputs."""
+        full = self.full_outputs
+        for row in rows:
+            row["tokens_per_s"] = row["tokens"] / row["seconds"]
+        for row in rows:
+            row["speedup"] = row["tokens_per_s"] / reference["tokens_per_s"]
+            row["agreement"] = sum(o == f for o, f in zip(row["outputs"], full, strict=True)) / len(full)
+            stats = row["stats"]
+            if stats and "acceptance" in stats[0]:
+                drafted = max(sum(s["drafted"] for s in stats), 1)
+                row["detail"] = f"acceptance {sum(s['accepted'] for s in stats) / drafted:.2f}"
+            elif stats and "mean_exit" in stats[0]:
+                tokens = sum(s["tokens"] for s in stats)
+                row["detail"] = f"mean exit {sum(s['mean_exit'] * s['tokens'] for s in stats) / max(tokens, 1):.2f}"
+
+
+def bench_generate(args) -> tuple[list[dict], list[float]]:
+    """Every decoding mode on the same prompts, one at a time: speed against full-model greedy, and quality."""
+    from sortednet.flops import layer_matmul_params
+
+    bench = _GenerateBench(args)
+    net, exits, L = bench.net, bench.exits, bench.net.num_layers
+    cfg = net.lm.config
+    per_layer, head = 2 * layer_matmul_params(cfg), 2 * cfg.hidden_size * cfg.vocab_size
+    rows = [bench.measure(f"full (exit {L})", bench.ours(mode="exit", exit=L))]
+    bench.full_outputs = rows[0]["outputs"]
     for k in exits[:-1]:
-        row = measure(f"exit {k}", ours(mode="exit", exit=k))
+        row = bench.measure(f"exit {k}", bench.ours(mode="exit", exit=k))
         row["ideal"] = (L * per_layer + head) / (k * per_layer + head)
         rows.append(row)
     for e in args.draft_exits or exits[:-1]:
-        rows.append(measure(f"speculative draft {e}", ours(mode="speculative", draft_exit=e)))
-        rows.append(measure(f"HF assistant_early_exit={e}", hf_early_exit(e)))
-    rows.append(measure(f"dynamic {thresholds}", ours(mode="dynamic", exits=exits, thresholds=thresholds)))
-    full = rows[0]
-    for row in rows:
-        row["tokens_per_s"] = row["tokens"] / row["seconds"]
-        row["speedup"] = row["tokens_per_s"] / full["tokens_per_s"]
-        row["agreement"] = sum(o == f for o, f in zip(row["outputs"], full["outputs"], strict=True)) / len(prompts)
-        stats = row["stats"]
-        if stats and "acceptance" in stats[0]:
-            row["detail"] = (
-                f"acceptance {sum(s['accepted'] for s in stats) / max(sum(s['drafted'] for s in stats), 1):.2f}"
-            )
-        elif stats and "mean_exit" in stats[0]:
-            tokens = sum(s["tokens"] for s in stats)
-            row["detail"] = f"mean exit {sum(s['mean_exit'] * s['tokens'] for s in stats) / max(tokens, 1):.2f}"
-    return rows, thresholds
+        rows.append(bench.measure(f"speculative draft {e}", bench.ours(mode="speculative", draft_exit=e)))
+        rows.append(bench.measure(f"HF assistant_early_exit={e}", bench.hf_generate(1, assistant_early_exit=e)))
+    dynamic = bench.ours(mode="dynamic", exits=exits, thresholds=bench.thresholds)
+    rows.append(bench.measure(f"dynamic {bench.thresholds}", dynamic))
+    bench.summarise(rows, rows[0])
+    return rows, bench.thresholds
+
+
+def bench_generate_batches(args) -> list[dict]:
+    """Per batch size: HF ``generate``, plain batched greedy, speculative and dynamic, on the same prompts."""
+    bench = _GenerateBench(args)
+    L, exits = bench.net.num_layers, bench.exits
+    bench.full_outputs = bench.ours(mode="exit", exit=L)(bench.prompts)[0]  # full-model greedy, one at a time
+    rows = []
+    for batch in args.batch_size:
+        plain = bench.measure(f"plain (exit {L})", bench.ours(batch, mode="exit", exit=L))
+        group = [bench.measure("HF generate", bench.hf_generate(batch)), plain]
+        for e in args.draft_exits or exits[:-1]:
+            group.append(bench.measure(f"speculative draft {e}", bench.ours(batch, mode="speculative", draft_exit=e)))
+        dynamic = bench.ours(batch, mode="dynamic", exits=exits, thresholds=bench.thresholds)
+        group.append(bench.measure(f"dynamic {bench.thresholds}", dynamic))
+        bench.summarise(group, plain)
+        rows += [{"batch": batch, **row} for row in group]
+    return rows
+
+
+def format_batch_table(rows: list[dict]) -> str:
+    lines = ["| batch | mode | tokens/s | × plain batched | acceptance / depth | = full output |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['mode']} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | "
+                     f"{r.get('detail', '')} | {r['agreement']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def format_generate_table(rows: list[dict]) -> str:
@@ -273,7 +327,19 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument(
         "--ignore-eos", action="store_true", help="always generate --max-new-tokens (steady-state decoding)"
     )
+    gen.add_argument(
+        "--batch-size", nargs="+", type=int, default=None,
+        help="a sweep of batch sizes (e.g. 1 4 16): HF generate, plain batched greedy, speculative, dynamic",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "generate" and args.batch_size:
+        if any(b < 1 for b in args.batch_size):
+            parser.error("--batch-size takes batch sizes >= 1")
+        rows = bench_generate_batches(args)
+        print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, cpu, {torch.get_num_threads()} "
+              f"threads, {args.prompts} prompts, greedy, <= {args.max_new_tokens} new tokens)")  # fmt: skip
+        print(format_batch_table(rows))
+        return
     if args.command == "generate":
         rows, thresholds = bench_generate(args)
         print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, cpu, {torch.get_num_threads()} "

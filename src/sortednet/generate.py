@@ -11,7 +11,7 @@ prompts               a file of instructions: .txt (one per line, blank lines sk
                       .json / .jsonl (instruction, optional input)
 max_new_tokens        128
 do_sample             false: greedy; true: sampling with temperature and top_p (no top-k), seeded by seed
-batch_size            1 streams; more generate left-padded batches (mode=exit only)
+batch_size            1 streams; more decode that many prompts together (every mode)
 mode                  exit | speculative (draft_exit=E drafts, the full model verifies) | dynamic
                       (thresholds=[...], one per exit of the checkpoint's exit set below L)
 latency_ms_per_token  with exit=auto: the deepest exit whose measured ms/token fits (profile cached in
@@ -21,7 +21,6 @@ device                auto (cuda when available) | cpu | cuda | cuda:N
 
 from __future__ import annotations
 
-import inspect
 import json
 import platform
 import statistics
@@ -134,8 +133,6 @@ def check_settings(cfg: GenerateConfig) -> None:
         raise SortedNetError(f"temperature={cfg.temperature} must be > 0 (for greedy decoding use do_sample=false)")
     if not 0 < cfg.top_p <= 1:
         raise SortedNetError(f"top_p={cfg.top_p} must be in (0, 1]")
-    if cfg.mode != "exit" and cfg.batch_size != 1:
-        raise SortedNetError(f"mode={cfg.mode} decodes one sequence at a time; use batch_size=1")
     if cfg.draft_exit is not None and cfg.mode != "speculative":
         raise SortedNetError(f"draft_exit is for mode=speculative (this is mode={cfg.mode}); drop it or set the mode")
     if cfg.mode == "speculative" and cfg.draft_exit is None:
@@ -440,29 +437,24 @@ def _format_stats(stats: dict) -> str:
 def generate_decoded(
     cfg: GenerateConfig, net, tokenizer, prompts: list[list[int]], exits: list[int]
 ) -> tuple[int, float]:
-    """mode=speculative|dynamic, one prompt at a time, through :mod:`sortednet.inference.decode`."""
-    try:
-        from sortednet.inference.decode import generate as decode_generate
-    except ModuleNotFoundError as error:
-        if error.name != "sortednet.inference.decode":
-            raise
-        raise SortedNetError(
-            f"mode={cfg.mode} needs sortednet.inference.decode, which this installation lacks; use mode=exit"
-        ) from error
+    """mode=speculative|dynamic through :mod:`sortednet.inference.decode`, ``batch_size`` prompts together;
+    streams when batch_size=1. A prompt's text does not depend on the batch it is in (greedy or sampled)."""
+    from sortednet.inference.decode import generate_batch
+
     # dynamic mode tries the checkpoint's exit set, shallow to deep
-    accepts_exits = "exits" in inspect.signature(decode_generate).parameters
-    extra = {"exits": list(exits)} if accepts_exits and cfg.mode == "dynamic" else {}
+    extra = {"exits": list(exits)} if cfg.mode == "dynamic" else {}
     total_tokens, total_seconds, n = 0, 0.0, len(prompts)
     device = next(net.parameters()).device
-    for index, ids in enumerate(prompts):
-        if index:
-            sys.stdout.write("\n")
-        stream = TextStream(tokenizer, skip_prompt=False)
+    for start in range(0, n, cfg.batch_size):
+        chunk = prompts[start : start + cfg.batch_size]
+        if start:
+            sys.stdout.write("\n")  # the blank line between answers
+        stream = TextStream(tokenizer, skip_prompt=False) if len(chunk) == 1 else None
         _sync(device)
         began = time.perf_counter()
-        new_ids, stats = decode_generate(
+        rows, stats = generate_batch(
             net,
-            list(ids),
+            [list(ids) for ids in chunk],
             mode=cfg.mode,
             exit=cfg.exit if isinstance(cfg.exit, int) else None,
             draft_exit=cfg.draft_exit,
@@ -474,16 +466,21 @@ def generate_decoded(
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             seed=cfg.seed,
-            on_token=stream.push,
+            on_token=None if stream is None else (lambda _row, token, stream=stream: stream.push(token)),
         )
         _sync(device)
         seconds = time.perf_counter() - began
-        stream.finish(list(new_ids))
-        sys.stdout.write("\n")
+        if stream is not None:
+            stream.finish(rows[0])
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write("\n\n".join(tokenizer.batch_decode(rows, skip_special_tokens=True)) + "\n")
         sys.stdout.flush()
-        tokens = len(new_ids)
+        tokens = sum(map(len, rows))
         total_tokens, total_seconds = total_tokens + tokens, total_seconds + seconds
-        _report(f"[{index + 1}/{n}] {cfg.mode}", tokens, seconds, f"; {_format_stats(stats)}" if stats else "")
+        where = f"{start + 1}/{n}" if len(chunk) == 1 else f"{start + 1}-{start + len(chunk)}/{n}"
+        batch = "" if len(chunk) == 1 else f", batch of {len(chunk)}"
+        _report(f"[{where}] {cfg.mode}{batch}", tokens, seconds, f"; {_format_stats(stats)}")
     return total_tokens, total_seconds
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sortednet.inference.decode import generate
+from sortednet.inference.decode import generate_batch
 from sortednet.model import SortedLM
 
 GRID = (0.999, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
-def decode_all(net: SortedLM, prompts: Sequence[list[int]], max_new_tokens: int, eos: int | None, **mode) -> tuple:
-    """Outputs, stats per prompt, total seconds and total tokens of one decoding mode over ``prompts``."""
+def decode_all(
+    net: SortedLM, prompts: Sequence[list[int]], max_new_tokens: int, eos: int | None, batch_size: int = 1, **mode
+) -> tuple[list[list[int]], list[dict]]:
+    """Outputs per prompt and stats per batch of one decoding mode over ``prompts``, ``batch_size`` at a time."""
     outputs, stats = [], []
-    for prompt in prompts:
-        tokens, s = generate(net, prompt, max_new_tokens=max_new_tokens, eos_token_id=eos, **mode)
-        outputs.append(tokens)
+    for start in range(0, len(prompts), batch_size):
+        tokens, s = generate_batch(
+            net, prompts[start : start + batch_size], max_new_tokens=max_new_tokens, eos_token_id=eos, **mode
+        )
+        outputs += tokens
         stats.append(s)
     return outputs, stats
 

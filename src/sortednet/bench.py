@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sortednet.flops import train_step_flops
+from sortednet.loss import count_labels
 
 SHAPES = {
     # LLaMA proportions (intermediate ~ 2.7 x width, 32000-token vocabulary), sized for a CPU.
@@ -94,7 +95,7 @@ def run_row(shape: str, impl: str, k: int, batch: int, seq: int, steps: int, war
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    n_labels = int((labels[:, 1:] != -100).sum())
+    n_labels = count_labels(labels)
     flops = train_step_flops(config, len(exits), batch * seq, n_labels, seq)
     return {"median_s": statistics.median(times), "peak_bytes": peak, "flops": flops, "exits": exits}
 

@@ -488,7 +488,7 @@ def run_analysis(cfg, paths, names, run) -> list[dict]:
     device = resolve_device(cfg.device)
     net, tokenizer, meta = load_sorted(paths[0], cfg.cache_dir, device)
     exits = requested_exits(cfg, meta, names[0])
-    prompts = encode(items, tokenizer, prompt_style_of(meta), net, cfg.positions)
+    prompts = encode(items, tokenizer, prompt_style_of(meta, tokenizer), net, cfg.positions)
     common = dict(positions=cfg.positions, batch_size=cfg.batch_size)
     table = [
         {"label": f"vs {names[0]}@{net.num_layers}", **row}

@@ -53,25 +53,31 @@ common=(model.name_or_path="$model" data=alpaca data.path="$root/data/train.json
   data.max_length=256 data.batch_size=8 data.eval_batch_size=16 data.val_size=48 exits="$exits"
   optimizer.lr="$lr" warmup_steps=$((steps / 10)) min_lr_ratio=0.1 trainer.max_steps="$steps"
   trainer.val_check_interval="$val_every" +trainer.check_val_every_n_epoch=null eval.num_generate=0 logger=csv seed=42)
-train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed if it was cut off
-  local name=$1 dir=$root/$1
+latest() {  # latest RUN: the newest part of a run (a resumed run writes into RUN/resume-K/)
+  local part=$1 k=1
+  while [[ -d $1/resume-$k ]]; do part=$1/resume-$k k=$((k + 1)); done
+  echo "$part"
+}
+train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed from its last checkpoint if it was cut off
+  local name=$1 dir=$root/$1 part
   shift
-  [[ -f $dir/exit_report.txt ]] && return
+  part=$(latest "$dir")
+  [[ -f $part/exit_report.txt ]] && return
   local resume=()
-  if [[ -f $dir/checkpoints/last.ckpt ]]; then
-    resume=(ckpt_path="$dir/checkpoints/last.ckpt")
-  elif [[ -d $dir ]]; then
+  if [[ -f $part/checkpoints/last.ckpt ]]; then
+    resume=(ckpt_path="$part/checkpoints/last.ckpt")
+  elif [[ -d $part && $part == "$dir" ]]; then
     mv "$dir" "$dir.cut-$(date +%s)"  # cut off before its first checkpoint: keep it aside, start again
   fi
   timed "train_$name" $py -m sortednet.train "${common[@]}" "$@" "${resume[@]}" hydra.run.dir="$dir"
 }
 train soft objective=soft
 train sft objective=sft
-train ict objective=ict objective.init_from="$root/sft/checkpoints/last.ckpt"
+train ict objective=ict objective.init_from="$(latest "$root/sft")/checkpoints/last.ckpt"
 train extracted objective=extracted objective.layers=18
 
-soft=$root/soft/checkpoints/last.ckpt sft=$root/sft/checkpoints/last.ckpt
-ict=$root/ict/checkpoints/last.ckpt ext=$root/extracted/checkpoints/last.ckpt
+soft=$(latest "$root/soft")/checkpoints/last.ckpt sft=$(latest "$root/sft")/checkpoints/last.ckpt
+ict=$(latest "$root/ict")/checkpoints/last.ckpt ext=$(latest "$root/extracted")/checkpoints/last.ckpt
 all="[$soft,$sft,$ict,$ext]" names="[soft,sft,ict,extracted]"
 
 # 4. Evaluation per exit of every checkpoint, on the held-out rows only.
@@ -87,11 +93,11 @@ evaluate() {  # evaluate NAME SUITE key=value...: one suite, its table kept in $
 }
 evaluate loss loss ckpt="$all" names="$names" data="$root/data/heldout.json" max_length=256
 evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/heldout.json" \
-  limit="${GENERATE_LIMIT:-40}" max_new_tokens="${MAX_NEW_TOKENS:-64}" batch_size=8
-evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-100}" batch_size=16
-evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=20
+  limit="${GENERATE_LIMIT:-24}" max_new_tokens="${MAX_NEW_TOKENS:-48}" batch_size=8
+evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-60}" batch_size=16
+evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=12
 evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" \
-  instructions="$root/data/heldout.json" limit=40
+  instructions="$root/data/heldout.json" limit=24
 
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
 {
@@ -102,7 +108,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo
   echo "Wall times (s, on $(nproc) cores; a skipped stage keeps the time of the run that made it):"
   for file in "$root"/times/*; do echo "- $(basename "$file"): $(cat "$file")"; done
-  for part in "$root"/{soft,sft,ict,extracted}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"

@@ -78,7 +78,6 @@ def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_r
             assert _equal(before[name], after[name]), (key, name)
 
 
-
 @pytest.mark.slow
 def test_two_ranks_accumulating_equal_one_rank_then_ict_starts_from_the_sharded_directory(tmp_path, cache_dir):
     """The paper's 13B path on 2 CPU ranks: SFT under FSDP with gradient accumulation (2 ranks x 2 micro-batches

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import tqdm
 
 from sortednet.data.embedded import materialise
+
+# tqdm's monitor thread refreshes slow progress bars (model loading, dataset saving) on its own, possibly after
+# the captured stderr a bar was made with is closed; under load that killed the whole pytest process.
+tqdm.tqdm.monitor_interval = 0
 
 TINY = dict(
     vocab_size=101,

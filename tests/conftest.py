@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import absl.logging
 import pytest
 import torch
 import tqdm
@@ -15,8 +16,12 @@ import tqdm
 from sortednet.data.embedded import materialise
 
 # tqdm's monitor thread refreshes slow progress bars (model loading, dataset saving) on its own, possibly after
-# the captured stderr a bar was made with is closed; under load that killed the whole pytest process.
+# the captured stderr a bar was made with is closed.
 tqdm.tqdm.monitor_interval = 0
+# rouge-score imports absl, whose log handler keeps the stream that stderr was at import (pytest's capture) and
+# closes it when logging is reconfigured — as Hydra does in the in-process train runs of test_bad_inputs — which
+# killed the whole pytest process. The real stderr is never closed by that handler.
+absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 TINY = dict(
     vocab_size=101,

@@ -7,7 +7,6 @@ fast however many rows the tables grow to.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import runpy
 import stat
@@ -118,9 +117,6 @@ def _train(argv: list[str], capsys) -> tuple[int, str]:
     GlobalHydra.instance().clear()
     saved = sys.argv
     sys.argv = ["sortednet.train", *argv]
-    # Hydra and Lightning configure logging handlers on the stream that is stderr now (capsys's, closed after
-    # this test): put the handlers back, so no later message goes to a closed stream.
-    handlers = {name: list(logging.getLogger(name).handlers) for name in [None, *logging.root.manager.loggerDict]}
     try:
         runpy.run_module("sortednet.train", run_name="__main__")
         code = 0
@@ -129,8 +125,6 @@ def _train(argv: list[str], capsys) -> tuple[int, str]:
     finally:
         sys.argv = saved
         GlobalHydra.instance().clear()
-        for name in [None, *logging.root.manager.loggerDict]:
-            logging.getLogger(name).handlers[:] = handlers.get(name, [])
     return code, capsys.readouterr().err
 
 

@@ -252,7 +252,8 @@ class SortedModule(L.LightningModule):
         else:
             n_step, accumulate, step_end = n_labels, 1, True
             if world > 1:
-                n_step = int(self.trainer.strategy.reduce(torch.tensor(float(n_labels)), reduce_op="sum"))
+                count = torch.tensor(float(n_labels), device=loss.device)  # NCCL reduces CUDA tensors only
+                n_step = int(self.trainer.strategy.reduce(count, reduce_op="sum"))
         share = n_labels / max(n_step, 1)
         for e, value in [("all", loss.detach()), *losses.items()]:
             self._step_sums[e] = self._step_sums.get(e, 0.0) + value.detach().float() * share

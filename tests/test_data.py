@@ -203,7 +203,7 @@ BAD_FILES = {
         '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": \n{"instruction": "e", "output": "f"}\n',
         r"malformed JSON in .*data\.jsonl at line 3: ",
     ),
-    "empty_json": ("data.json", "", r"at line 1, column 1"),
+    "empty_json": ("data.json", "", r"is empty; pass a file with rows in it"),
     "object_not_list": ("data.json", json.dumps(GOOD), r"holds a JSON dict, expected a list of rows"),
     "row_not_object": (
         "data.jsonl",

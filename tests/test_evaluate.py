@@ -125,7 +125,7 @@ def test_generate_writes_one_answer_file_per_exit_and_reuses_it(ckpts, rows_file
     assert code == 0, err
     items = json.loads(rows_file.read_text())
     net, tokenizer, meta = load_sorted(str(ckpts["soft"]))
-    style = prompt_style_of(meta)
+    style = prompt_style_of(meta, tokenizer)
     prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in items]
     for e in (2, 8):
         path = out / "answers" / f"soft_exit{e}.jsonl"

@@ -15,8 +15,6 @@ from typing import Any
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
 
-META_FILE = "meta.pt"  # Lightning's non-tensor part of a distributed checkpoint
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -72,30 +70,14 @@ def check_settings(cfg: TrainConfig) -> None:
 
 
 def read_metadata(ckpt: str) -> dict:
-    """The ``sortednet`` metadata of a checkpoint file or distributed checkpoint directory (no weights read:
-    the file is memory-mapped); a one-line error for anything that is not a readable sortednet checkpoint."""
-    import torch
+    """The ``sortednet`` metadata of ``ckpt_path`` (no weights read), with :mod:`sortednet.checkpoint`'s one-line
+    errors naming the key."""
+    from sortednet.checkpoint import read_metadata as read
 
-    path = Path(ckpt).expanduser()
-    if path.is_dir():
-        if not (path / META_FILE).is_file():
-            raise SortedNetError(f"ckpt_path {ckpt!r} is a directory but not a distributed checkpoint (no {META_FILE})")
-        path = path / META_FILE
-    elif not path.is_file():
-        raise SortedNetError(f"ckpt_path {ckpt!r} not found; pass a .ckpt written by an earlier run")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=path.name != META_FILE)
-    except Exception as error:  # truncated, random bytes, unreadable, not a torch file: all the same to a user
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-        raise SortedNetError(
-            f"ckpt_path {ckpt!r} is not a readable checkpoint ({reason}); it may be truncated or another kind of "
-            f"file: pass a .ckpt written by sortednet.train"
-        ) from error
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("sortednet"), dict):
-        raise SortedNetError(
-            f"ckpt_path {ckpt!r} has no sortednet metadata; pass a checkpoint written by sortednet.train"
-        )
-    return checkpoint["sortednet"]
+        return read(ckpt)
+    except SortedNetError as error:
+        raise SortedNetError(f"ckpt_path: {error}") from error
 
 
 def check_resume(cfg: TrainConfig, metadata: dict) -> None:

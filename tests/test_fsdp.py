@@ -162,7 +162,7 @@ BAD_INPUT = [
     (["strategy=fsdp", "trainer.devices=2", "trainer.precision=16-mixed"], "bf16-mixed"),
     (["strategy=ddp", "trainer.devices=2", "data.batch_size=4", "data.global_batch_size=12"], "not a multiple"),
     (["strategy=no_such"], "no_such"),
-    (["ckpt_path=/"], "is a directory but not a distributed checkpoint"),
+    (["ckpt_path=/"], "is a directory, not a distributed checkpoint"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The calibration command and `bench generate`, on the in-process checkpoints of test_inference_cli."""
+"""The calibration command and `bench generate`, on the checkpoints of conftest's `ckpts` fixture."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import pytest
 
 from sortednet import bench, calibrate
 from sortednet.inference.calibrate import GRID
-from test_inference_cli import ckpts  # noqa: F401 - the shared module fixture
 
 
-def test_calibrate_prints_thresholds_and_its_table(ckpts, capsys):  # noqa: F811
+def test_calibrate_prints_thresholds_and_its_table(ckpts, capsys):
     assert calibrate.main([f"ckpt={ckpts['soft']}", "prompts=3", "max_new_tokens=4", "max_drop=0.0"]) == 0
     out, err = capsys.readouterr()
     (line,) = out.splitlines()
@@ -26,7 +25,7 @@ def test_calibrate_bad_input(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):  # noqa: F811
+def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):
     bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
                 "--thresholds", "1.0", "1.0", "1.0"])  # fmt: skip
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
@@ -41,7 +40,7 @@ def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):  # noqa: F
             assert row[-1] == "1.00", mode
 
 
-def test_bench_generate_batch_sweep(ckpts, capsys):  # noqa: F811
+def test_bench_generate_batch_sweep(ckpts, capsys):
     bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
                 "--thresholds", "1.0", "1.0", "1.0", "--draft-exits", "2", "--batch-size", "1", "3"])  # fmt: skip
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
@@ -52,3 +51,32 @@ def test_bench_generate_batch_sweep(ckpts, capsys):  # noqa: F811
         if mode != "HF generate":  # ours is lossless at every batch size (HF's left padding may round otherwise)
             assert same == "1.00", (batch, mode)
         assert mode != "plain (exit 8)" or speedup == "1.00x"
+
+
+def test_bench_generate_on_an_alpaca_file_scores_rouge_l_against_its_outputs(ckpts, tmp_path, capsys):
+    from sortednet.metrics import rouge_l
+
+    rows = [{"instruction": f"Say {word}.", "input": "", "output": f"{word} it is"} for word in "abcdef"]
+    data = tmp_path / "heldout.json"
+    data.write_text(__import__("json").dumps(rows))
+    bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
+                "--draft-exits", "4", "--max-drop", "0.0", "--data", str(data)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "3 prompts of " + str(data) in out and "| rouge l |" in out
+    by_mode = {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()) if r}
+    full = float(by_mode["full (exit 8)"][-2])
+    assert 0.0 <= full <= 1.0
+    # A lossless mode gives the full model's answers, so the same ROUGE-L.
+    assert by_mode["speculative draft 4"][-2] == by_mode["full (exit 8)"][-2]
+    texts = ["a it is", "b it is", "c it is"]  # had the full model answered perfectly, ROUGE-L would be 1
+    assert sum(rouge_l(texts, [r["output"] for r in rows[:3]])) / 3 == 1.0
+    assert any(mode.startswith("dynamic") for mode in by_mode)
+
+
+def test_bench_generate_needs_twice_prompts_rows_of_data(ckpts, tmp_path):
+    from sortednet.errors import SortedNetError
+
+    data = tmp_path / "two.json"
+    data.write_text('[{"instruction": "x", "input": "", "output": "y"}, {"instruction": "z", "output": "w"}]')
+    with pytest.raises(SortedNetError, match="has 2 rows; --prompts 3 needs 6"):
+        bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--data", str(data)])

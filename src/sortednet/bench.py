@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from sortednet.flops import train_step_flops
 from sortednet.loss import count_labels
+from sortednet.metrics import mean_score
 
 SHAPES = {
     # LLaMA proportions (intermediate ~ 2.7 x width, 32000-token vocabulary), sized for a CPU.
@@ -151,13 +152,20 @@ def format_table(rows: list[dict], with_mfu: bool) -> str:
     return "\n".join(lines)
 
 
-def _task_prompts(tokenizer, style, n: int, seed: int) -> tuple[list[list[int]], list[str]]:
-    """``n`` fresh rows of the embedded task families (a seed the training data did not use), tokenized."""
+def _bench_rows(data: str | None, n: int) -> tuple[list[dict], list[dict]]:
+    """Rows to measure and rows to calibrate on, ``n`` each and disjoint: fresh rows of the embedded task
+    families (seeds the training data did not use), or rows ``[0, n)`` and ``[n, 2n)`` of an Alpaca file."""
     from sortednet.data.embedded import make_rows
 
-    rows = make_rows(n, seed=seed)
-    prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in rows]
-    return prompts, [r["output"] for r in rows]
+    if data is None:
+        return make_rows(n, seed=1), make_rows(n, seed=2)
+    from sortednet.data.alpaca import check_rows, read_rows
+    from sortednet.errors import SortedNetError
+
+    rows = check_rows(read_rows(data), data)
+    if len(rows) < 2 * n:
+        raise SortedNetError(f"--data {data} has {len(rows)} rows; --prompts {n} needs {2 * n} (measure + calibrate)")
+    return rows[:n], rows[n : 2 * n]
 
 
 class _GenerateBench:
@@ -174,13 +182,19 @@ class _GenerateBench:
         style = prompt_style_of(meta, self.tokenizer)
         self.eos = None if args.ignore_eos else self.tokenizer.eos_token_id
         self.exits = meta["exits"]
-        self.prompts, self.refs = _task_prompts(self.tokenizer, style, args.prompts, seed=1)
-        cal_prompts, cal_refs = _task_prompts(self.tokenizer, style, args.prompts, seed=2)
+        self.metric = "rouge_l" if args.data else "exact_match"
+        rows, cal_rows = _bench_rows(args.data, args.prompts)
+
+        def encode(rs):
+            return [self.tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in rs]
+
+        self.prompts, self.refs = encode(rows), [r["output"] for r in rows]
         self.thresholds = args.thresholds
         if not self.thresholds:
             self.thresholds = calibrate(
-                self.net, self.tokenizer, cal_prompts, cal_refs, self.exits, args.max_drop, args.max_new_tokens
-            )[0]
+                self.net, self.tokenizer, encode(cal_rows), [r["output"] for r in cal_rows], self.exits,
+                args.max_drop, args.max_new_tokens, metric=self.metric,
+            )[0]  # fmt: skip
 
     def measure(self, name: str, run) -> dict:
         run(self.prompts[:2])  # warm-up
@@ -189,8 +203,7 @@ class _GenerateBench:
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
         return {"mode": name, "outputs": outputs, "seconds": seconds, "tokens": sum(map(len, outputs)),
-                "exact_match": sum(t.strip() == r.strip() for t, r in zip(texts, self.refs, strict=True)) / len(texts),
-                "stats": stats}  # fmt: skip
+                "quality": mean_score(texts, self.refs, self.metric), "stats": stats}  # fmt: skip
 
     def ours(self, batch_size: int = 1, **mode):
         from sortednet.inference.calibrate import decode_all
@@ -277,6 +290,12 @@ def bench_generate_batches(args) -> list[dict]:
     return rows
 
 
+def _generate_header(args, argv: list[str]) -> str:
+    source = args.data or "the embedded tasks"
+    return (f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, cpu, {torch.get_num_threads()} threads, "
+            f"{args.prompts} prompts of {source}, greedy, <= {args.max_new_tokens} new tokens)")  # fmt: skip
+
+
 def format_batch_table(rows: list[dict]) -> str:
     lines = ["| batch | mode | tokens/s | × plain batched | acceptance / depth | = full output |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -286,16 +305,17 @@ def format_batch_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_generate_table(rows: list[dict]) -> str:
+def format_generate_table(rows: list[dict], metric: str = "exact_match") -> str:
     lines = [
-        "| mode | tokens/s | speedup | ideal | ÷ ideal | acceptance / depth | exact match | = full output |",
+        f"| mode | tokens/s | speedup | ideal | ÷ ideal | acceptance / depth | {metric.replace('_', ' ')} "
+        "| = full output |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ideal = f"{r['ideal']:.2f}x | {r['speedup'] / r['ideal']:.2f}" if "ideal" in r else " | "
         lines.append(
             f"| {r['mode']} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | {ideal} | {r.get('detail', '')} | "
-            f"{r['exact_match']:.2f} | {r['agreement']:.2f} |"
+            f"{r['quality']:.2f} | {r['agreement']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -318,12 +338,22 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     train.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
     gen = sub.add_parser("generate", help="every decoding mode against full-model greedy: speed and quality")
-    gen.add_argument("--ckpt", required=True, help="a sortednet checkpoint trained on the embedded tasks")
-    gen.add_argument("--prompts", type=int, default=60, help="prompts (fresh embedded-task rows)")
+    gen.add_argument("--ckpt", required=True, help="a sortednet checkpoint")
+    gen.add_argument("--prompts", type=int, default=60, help="prompts measured (and as many calibrated on)")
+    gen.add_argument(
+        "--data", default=None,
+        help="an Alpaca .json/.jsonl of held-out rows: measure rows [0, prompts), calibrate on the next ones, "
+        "score ROUGE-L against their outputs (default: fresh embedded-task rows, exact match)",
+    )  # fmt: skip
     gen.add_argument("--max-new-tokens", type=int, default=24)
     gen.add_argument("--draft-exits", nargs="+", type=int, default=None, help="default: every exit below L")
     gen.add_argument("--thresholds", nargs="+", type=float, default=None, help="default: calibrated")
-    gen.add_argument("--max-drop", type=float, default=0.01, help="calibration's exact-match budget")
+    gen.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="calibration's quality budget (exact match, or ROUGE-L with --data)",
+    )
     gen.add_argument("--threads", type=int, default=None)
     gen.add_argument(
         "--ignore-eos", action="store_true", help="always generate --max-new-tokens (steady-state decoding)"
@@ -337,15 +367,13 @@ def main(argv: list[str] | None = None) -> None:
         if any(b < 1 for b in args.batch_size):
             parser.error("--batch-size takes batch sizes >= 1")
         rows = bench_generate_batches(args)
-        print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, cpu, {torch.get_num_threads()} "
-              f"threads, {args.prompts} prompts, greedy, <= {args.max_new_tokens} new tokens)")  # fmt: skip
+        print(_generate_header(args, argv))
         print(format_batch_table(rows))
         return
     if args.command == "generate":
         rows, thresholds = bench_generate(args)
-        print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, cpu, {torch.get_num_threads()} "
-              f"threads, {args.prompts} prompts, greedy, <= {args.max_new_tokens} new tokens)")  # fmt: skip
-        print(format_generate_table(rows))
+        print(_generate_header(args, argv))
+        print(format_generate_table(rows, "rouge_l" if args.data else "exact_match"))
         return
     if any(k < 1 for k in args.exits):
         parser.error("--exits takes exit-set sizes >= 1")

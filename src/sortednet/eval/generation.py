@@ -34,6 +34,7 @@ from sortednet.data.alpaca import json_lines
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import exact_match, greedy_ids
 from sortednet.io import write_text_atomically
+from sortednet.metrics import rouge_l
 
 EMBEDDED = "embedded"
 PANDALM_FILE = "testset-inference-v1.json"
@@ -169,16 +170,6 @@ def encode(items: list[dict], tokenizer, style, net, max_new_tokens: int) -> lis
                 f"max_new_tokens or use shorter instructions"
             )
     return ids
-
-
-def rouge_l(answers: list[str], references: list[str]) -> list[float]:
-    """ROUGE-L F-measure of each answer against its reference, by Google's ``rouge-score`` (its tokenizer:
-    lower case, alphanumeric tokens; Porter stemming, as in the summarisation and Super-NaturalInstructions
-    evaluations)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(ref, answer)["rougeL"].fmeasure for answer, ref in zip(answers, references, strict=True)]
 
 
 def _sync(device: torch.device) -> None:

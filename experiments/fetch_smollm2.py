@@ -47,7 +47,7 @@ def convert(gguf: Path, out: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    write_dir_atomically(out, write)
+    write_dir_atomically(out, write, if_exists="keep")
 
 
 if __name__ == "__main__":

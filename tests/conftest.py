@@ -1,8 +1,13 @@
-"""Shared fixtures: tiny models saved with save_pretrained and loaded back, the embedded assets."""
+"""Shared fixtures and helpers: tiny models saved with save_pretrained, the embedded assets, checkpoints as training
+writes them, and the commands run as a user runs them (a process) or in this process. Tests import the helpers
+from here; no test imports another test module."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -14,6 +19,8 @@ import torch
 import tqdm
 
 from sortednet.data.embedded import materialise
+
+CONF = Path(__file__).parents[1] / "conf"
 
 # tqdm's monitor thread refreshes slow progress bars (model loading, dataset saving) on its own, possibly after
 # the captured stderr a bar was made with is closed.
@@ -104,21 +111,158 @@ def chat_tokenizer(adds_bos: bool):
     )
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m module args`` in its own process group (HOME = cwd, no W&B settings), killed whole on timeout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(cwd)
+TIMEOUT_S = 900  # generous: CI machines and this one are often shared; a hang still ends
+
+
+def cli_env(cwd: Path, env: dict | None = None) -> dict:
+    """The environment of a command run in ``cwd``: HOME there too, so no W&B credentials or settings leak in."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environment.update(HOME=str(cwd), WANDB_SILENT="true", **(env or {}))
+    return environment
+
+
+def run_process(command: list[str], cwd: Path, env: dict | None = None, timeout: float = TIMEOUT_S):
+    """Run ``command`` in ``cwd``; return the completed process. The command and every process it starts (the
+    ranks of a training run) share a new process group, killed as a whole when the command ends or outlives
+    ``timeout`` (a stuck rank must not hang the suite)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
+        command, cwd=cwd, env=cli_env(cwd, env), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command[:4]} ran past {timeout} s and was killed; stderr ends: {stderr[-2000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # ranks left behind by a command that died
+            os.killpg(process.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``python -m module args`` in ``cwd``, as :func:`run_process` runs it."""
+    return run_process([sys.executable, "-m", module, *args], cwd, timeout=timeout)
+
+
+# ---------------------------------------------------------------- the training command
+
+
+def cli_command(tmp_path: Path, run: str, *overrides: str, multirun: bool = False) -> list[str]:
+    """``python -m sortednet.train`` writing its run (or sweep) into ``tmp_path / run``."""
+    args = [sys.executable, "-m", "sortednet.train", *(["-m"] if multirun else [])]
+    return [*args, f"hydra.run.dir={tmp_path / run}", f"hydra.sweep.dir={tmp_path / run}", *overrides]
+
+
+def run_cli(tmp_path: Path, run: str, *overrides: str, env: dict | None = None, multirun: bool = False):
+    """The training command in its own process (as :func:`run_process` runs it), in ``tmp_path``."""
+    return run_process(cli_command(tmp_path, run, *overrides, multirun=multirun), tmp_path, env)
+
+
+def train_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    """``python -m sortednet.train ARGV`` in this process: its exit status and stderr. For runs that stop before
+    training (bad input): seconds instead of a new interpreter's imports."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    saved = sys.argv
+    sys.argv = ["sortednet.train", *argv]
+    try:
+        runpy.run_module("sortednet.train", run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
+
+
+def succeeded(process: subprocess.CompletedProcess) -> str:
+    """The stdout of a process that must have exited with status 0 (else its stderr's end, as the failure)."""
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process.stdout
+
+
+def csv_metrics(run_dir: Path) -> list[dict]:
+    """The rows the CSV logger wrote for the run in ``run_dir``."""
+    return list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+
+
+def run_checkpoint(run_dir: Path, name: str = "last.ckpt") -> dict:
+    """A checkpoint the run in ``run_dir`` wrote, loaded on the CPU."""
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def compose_train(*overrides: str):
+    """The training config composed from ``conf/`` with ``overrides``, as a typed TrainConfig."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import sortednet.train  # noqa: F401  (registers the schema)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["run_dir=/tmp/unused", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+# ---------------------------------------------------------------- checkpoints as training writes them
+
+
+def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> Path:
+    """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write."""
+    import lightning
+
+    torch.save(
+        {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__, "state_dict": state_dict,
+         "sortednet": meta},
+        path,
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """soft: the embedded 8-layer LLaMA (exits 2,4,6,8) as SortedModule saves it; ict: the same with its
+    own heads for 2,4,6; tied: a 4-layer LLaMA with tied embeddings and an own head for exit 2."""
+    from transformers import AutoModelForCausalLM
+
+    from sortednet.config import ModelConfig, ObjectiveConfig
+    from sortednet.model import SortedLM
+    from sortednet.module import SortedModule
+
+    root = tmp_path_factory.mktemp("ckpts")
+    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
+    module.configure_model()
+    paths = {"soft": save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
+
+    torch.manual_seed(1)
+    module.net.add_exit_heads([2, 4, 6, 8])
+    for head in module.net.exit_heads.values():
+        head.weight.data += 0.05 * torch.randn_like(head.weight)
+    meta = {**module.metadata(), "objective": "ict"}
+    assert meta["exit_heads"] == [2, 4, 6]
+    paths["ict"] = save_checkpoint(root / "ict.ckpt", module.state_dict(), meta)
+
+    tokenizer_size = module.net.lm.config.vocab_size
+    lm = AutoModelForCausalLM.from_pretrained(
+        save_tiny("llama", root / "tied", vocab_size=tokenizer_size, tie_word_embeddings=True)
+    )
+    net = SortedLM(lm)
+    assert net.lm_head.weight is lm.get_input_embeddings().weight
+    net.add_exit_heads([2, 4])
+    meta = {
+        "objective": "ict",
+        "exits": [2, 4],
+        "num_layers": 4,
+        "exit_heads": [2],
+        "hf_config": lm.config.to_dict(),
+        "model": str(root / "tied"),
+        "tokenizer": "embedded",
+    }
+    paths["tied"] = save_checkpoint(root / "tied.ckpt", {f"net.{k}": v for k, v in net.state_dict().items()}, meta)
+    return paths
 
 
 def rows_of_very_different_lengths(n: int) -> list[dict]:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import save_checkpoint, train_in_process
 from sortednet import calibrate, consolidate, evaluate, export, generate, plan
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.embedded import make_rows
-from test_inference_cli import _save_checkpoint
 
 READ_ONLY = "/sys/sortednet-test/out"  # not writable even by root: sysfs refuses new entries
 
@@ -32,7 +30,7 @@ def files(tmp_path_factory, cache_dir) -> dict[str, Path]:
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
     module.configure_model()
     meta = module.metadata()
-    ckpt = _save_checkpoint(root / "soft.ckpt", module.state_dict(), meta)
+    ckpt = save_checkpoint(root / "soft.ckpt", module.state_dict(), meta)
     paths = {"ckpt": ckpt, "data": root / "rows.json", "binary": root / "binary.json", "empty": root / "empty.json"}
     paths["data"].write_text(json.dumps(make_rows(24)))
     paths["binary"].write_bytes(bytes(range(128, 256)) * 4)
@@ -48,9 +46,9 @@ def files(tmp_path_factory, cache_dir) -> dict[str, Path]:
     paths["truncated"].write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     paths["random"] = root / "random.ckpt"
     paths["random"].write_bytes(os.urandom(4096))
-    paths["extracted"] = _save_checkpoint(root / "extracted.ckpt", {}, {**meta, "objective": "extracted"})
+    paths["extracted"] = save_checkpoint(root / "extracted.ckpt", {}, {**meta, "objective": "extracted"})
     other = {**meta, "num_layers": 4, "hf_config": {**meta["hf_config"], "hidden_size": 48}}
-    paths["other_model"] = _save_checkpoint(root / "other.ckpt", {}, other)
+    paths["other_model"] = save_checkpoint(root / "other.ckpt", {}, other)
     paths["broken_model"] = root / "broken-model"
     paths["broken_model"].mkdir()
     (paths["broken_model"] / "config.json").write_text('{"model_type": "llama",')
@@ -110,29 +108,11 @@ TRAIN = [
 ]
 
 
-def _train(argv: list[str], capsys) -> tuple[int, str]:
-    """``python -m sortednet.train ARGV`` in this process (Hydra finds ``conf/`` from ``__main__``)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    saved = sys.argv
-    sys.argv = ["sortednet.train", *argv]
-    try:
-        runpy.run_module("sortednet.train", run_name="__main__")
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = saved
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(("overrides", "message"), TRAIN, ids=[" ".join(o) for o, _ in TRAIN])
 def test_bad_train_input_is_refused_before_anything_is_written(tmp_path, files, cache_dir, capsys, overrides, message):
     run_dir = tmp_path / "run"
     base = [f"hydra.run.dir={run_dir}", "data.path=<data>", "logger=csv", "eval.num_generate=0", "data.val_size=8"]
-    code, err = _train(_fill([*base, *overrides], {**files, "cache": cache_dir}), capsys)
+    code, err = train_in_process(_fill([*base, *overrides], {**files, "cache": cache_dir}), capsys)
     _one_line(code, err, message)
     written = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
     assert written == []  # no .hydra/, csv/, wandb/ or checkpoints/ of a refused run
@@ -142,14 +122,14 @@ def test_a_run_directory_that_holds_a_run_is_refused_and_kept(tmp_path, files, c
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"the earlier run's checkpoint")
-    code, err = _train([f"hydra.run.dir={run_dir}", f"data.path={files['data']}", "logger=csv"], capsys)
+    code, err = train_in_process([f"hydra.run.dir={run_dir}", f"data.path={files['data']}", "logger=csv"], capsys)
     _one_line(code, err, "already holds a run")
     assert sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "last.ckpt"]
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"the earlier run's checkpoint"
 
 
 def test_an_unknown_training_key_is_refused_by_hydra_without_a_traceback(tmp_path, capsys):
-    code, err = _train([f"hydra.run.dir={tmp_path / 'run'}", "no_such_key=1"], capsys)
+    code, err = train_in_process([f"hydra.run.dir={tmp_path / 'run'}", "no_such_key=1"], capsys)
     assert code == 1 and "no_such_key" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import chat_tokenizer, run_module, save_tiny
+from conftest import chat_tokenizer, run_module, save_tiny, train_in_process
 from sortednet import export, generate
 from sortednet.data.alpaca import tokenize_rows
 from sortednet.data.prompts import ChatStyle, get_prompt_style
@@ -144,11 +144,13 @@ def test_chat_checkpoint_generates_and_exports_with_the_template(chat_run, tmp_p
     assert capsys.readouterr().out == expected + "\n"
 
 
-def test_training_chat_with_a_tokenizer_without_template_is_one_line(tmp_path, cache_dir):
+def test_training_chat_with_a_tokenizer_without_template_is_one_line(tmp_path, cache_dir, capsys, monkeypatch):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(ROWS * 8))
-    process = _train(tmp_path, f"data.path={data}", "data.prompt_style=chat", "trainer.max_steps=1")
-    assert process.returncode != 0 and "Traceback" not in process.stderr
-    (line,) = [x for x in process.stderr.splitlines() if x.startswith("sortednet: error:")]
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"data.path={data}", "data.prompt_style=chat", "trainer.max_steps=1"]
+    code, err = train_in_process([f"hydra.run.dir={tmp_path / 'run'}", "logger=none", *overrides], capsys)
+    assert code != 0 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("sortednet: error:")]
     assert re.search(r"needs a tokenizer with a chat template.*has none; use data\.prompt_style=alpaca$", line), line
     assert not list((tmp_path / "run").rglob("*.ckpt"))

@@ -10,9 +10,10 @@ import pytest
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from sortednet import checkpointing
-from sortednet.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy, write_dir_atomically
-from test_config import _compose
+from conftest import compose_train
+from sortednet import io as sortednet_io
+from sortednet.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy
+from sortednet.io import write_dir_atomically
 
 
 def _checkpoint(value: float) -> dict:
@@ -79,11 +80,11 @@ def _write_shards(value: str, crash_after: int | None = None):
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "rename-aside"])
 def test_a_crash_mid_directory_save_keeps_the_previous_directory(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(checkpointing, "_exchange", lambda a, b: False)  # file systems without RENAME_EXCHANGE
+        monkeypatch.setattr(sortednet_io, "_exchange", lambda a, b: False)  # file systems without RENAME_EXCHANGE
     last = tmp_path / "last.ckpt"
-    write_dir_atomically(last, _write_shards("old"))
+    write_dir_atomically(last, _write_shards("old"), if_exists="replace")
     with pytest.raises(Crash):
-        write_dir_atomically(last, _write_shards("new", crash_after=1))
+        write_dir_atomically(last, _write_shards("new", crash_after=1), if_exists="replace")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
     assert {p.name: p.read_text() for p in last.iterdir()} == {
         "__0_0.distcp": "old0",
@@ -91,10 +92,31 @@ def test_a_crash_mid_directory_save_keeps_the_previous_directory(tmp_path, monke
         "__2_0.distcp": "old2",
         "meta.pt": "old",
     }
-    write_dir_atomically(last, _write_shards("new"))
+    write_dir_atomically(last, _write_shards("new"), if_exists="replace")
     assert (last / "meta.pt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
-    write_dir_atomically(tmp_path / "fresh.ckpt", _write_shards("x"))  # no previous checkpoint
+    write_dir_atomically(tmp_path / "fresh.ckpt", _write_shards("x"), if_exists="replace")  # no previous one
     assert (tmp_path / "fresh.ckpt" / "meta.pt").read_text() == "x"
+
+
+def test_a_directory_written_by_another_process_first_is_kept(tmp_path):
+    cache = tmp_path / "cache"
+    write_dir_atomically(cache, _write_shards("theirs"), if_exists="keep")
+    write_dir_atomically(cache, _write_shards("ours"), if_exists="keep")
+    assert (cache / "meta.pt").read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    assert (cache.stat().st_mode & 0o777) == (0o777 & ~_umask())  # not mkdtemp's 0700
+
+
+def test_a_refused_directory_is_left_as_it_was(tmp_path):
+    from sortednet.errors import SortedNetError
+
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    out.chmod(0o750)
+    write_dir_atomically(out, _write_shards("new"), if_exists="refuse")  # an empty directory is filled
+    assert (out / "meta.pt").read_text() == "new" and (out.stat().st_mode & 0o777) == 0o750
+    with pytest.raises(SortedNetError, match="appeared while it was written; nothing was written there"):
+        write_dir_atomically(out, _write_shards("other"), if_exists="refuse")
+    assert (out / "meta.pt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp"])
@@ -102,9 +124,10 @@ def test_every_strategy_writes_checkpoints_atomically(strategy):
     from sortednet.train import configure_strategy
 
     devices = ["trainer.devices=2"] if strategy != "single" else []
-    args = configure_strategy(_compose(f"strategy={strategy}", *devices))
+    args = configure_strategy(compose_train(f"strategy={strategy}", *devices))
     trainer = L.Trainer(**args, logger=False, enable_progress_bar=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     if strategy == "fsdp":
         assert isinstance(trainer.strategy, AtomicModelParallelStrategy)
         assert isinstance(trainer.strategy, ModelParallelStrategy)
+        assert trainer.strategy.saves_distributed_checkpoint

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_command, cli_env, csv_metrics, run_cli, succeeded
 from sortednet.data.embedded import make_rows
-from test_train import _metrics, _ok, cli_command, cli_env, run_cli
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -59,7 +59,7 @@ def test_local_sweep_with_ddp_runs_each_job_once_on_two_processes(tmp_path, cach
         "trainer.max_epochs=1",
     ]
     process = run_cli(tmp_path, "sweep", *overrides, multirun=True)
-    out = _ok(process)
+    out = succeeded(process)
     both = process.stdout + process.stderr
     assert both.count("Launching 2 jobs") == 1  # no rank re-ran the sweep (children inherit stdout/stderr)
     titles = [line.strip() for line in out.splitlines() if line.strip().startswith("objective=")]  # exit tables
@@ -68,7 +68,7 @@ def test_local_sweep_with_ddp_runs_each_job_once_on_two_processes(tmp_path, cach
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # no stray run dirs
     for job, exits in (("0", [4, 8]), ("1", [2, 4, 6, 8])):
-        steps = [r for r in _metrics(sweep / job) if r["train/loss"]]
+        steps = [r for r in csv_metrics(sweep / job) if r["train/loss"]]
         assert len(steps) == 2  # 16 rows / (4 x 2 ranks): both ranks trained this job
         assert all(r[f"train/loss_exit_{e}"] for r in steps for e in exits)
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()

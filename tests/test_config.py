@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
-from sortednet.config import TrainConfig
+from conftest import CONF, compose_train
 from sortednet.data.datamodule import AlpacaDataModule
 from sortednet.hub import causal_lm_from_config
 from sortednet.train import build_module  # also registers the schema
 
-CONF = Path(__file__).parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Parameter counts of the released checkpoints (Llama 2 paper / model cards: 6.74B and 13.0B).
 PARAMS = {"meta-llama/Llama-2-13b-hf": 13_015_864_320, "meta-llama/Llama-2-7b-hf": 6_738_415_616}
-
-
-def _compose(*overrides: str) -> TrainConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["run_dir=/tmp/unused", *overrides])
-    return OmegaConf.to_object(cfg)
 
 
 def test_the_paper_experiments_exist():
@@ -35,7 +25,7 @@ def test_the_paper_experiments_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
-    cfg = _compose(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
+    cfg = compose_train(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
     assert cfg.seed == 42 and cfg.optimizer["lr"] == 2e-5 and cfg.trainer["precision"] == "bf16-mixed"
     assert cfg.strategy.name == "fsdp" and cfg.data.global_batch_size == 128  # 4 x 8 GPUs x 4 accumulation
     module = build_module(cfg)
@@ -61,7 +51,7 @@ def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
 
 
 def test_default_config_is_the_embedded_soft_run():
-    cfg = _compose()
+    cfg = compose_train()
     assert (cfg.model.name_or_path, cfg.data.path, cfg.objective.name, cfg.exits) == (
         "embedded",
         "embedded",
@@ -73,14 +63,15 @@ def test_default_config_is_the_embedded_soft_run():
 
 @pytest.mark.parametrize("objective", ["soft", "sft", "ict", "extracted"])
 def test_objective_group(objective):
-    assert _compose(f"objective={objective}").objective.name == objective
+    assert compose_train(f"objective={objective}").objective.name == objective
 
 
 @pytest.mark.parametrize("loss", ["mean", "depth", "sampled", "rotational", "gradual"])
 def test_loss_group(loss):
-    cfg = _compose(f"loss={loss}")
+    cfg = compose_train(f"loss={loss}")
     assert cfg.loss.weights in ("uniform", "depth")
-    assert _compose().loss.curriculum == "none" and _compose().loss.sample is None  # the paper's mean by default
+    default = compose_train().loss  # the paper's mean
+    assert default.curriculum == "none" and default.sample is None
 
 
 @pytest.mark.parametrize(
@@ -88,7 +79,7 @@ def test_loss_group(loss):
 )
 def test_unknown_or_mistyped_keys_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
-        _compose(override)
+        compose_train(override)
 
 
 def test_exit_sets_sweep_as_explicit_lists():
@@ -96,13 +87,13 @@ def test_exit_sets_sweep_as_explicit_lists():
     (override,) = OverridesParser.create().parse_overrides(["exits=[4,8],[2,4,6,8]"])
     assert override.is_sweep_override()
     assert list(override.sweep_iterator()) == [[4, 8], [2, 4, 6, 8]]
-    assert _compose("exits=[4,8]").exits == [4, 8]
+    assert compose_train("exits=[4,8]").exits == [4, 8]
 
 
 @pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp"])
 def test_strategy_group(strategy):
-    assert _compose(f"strategy={strategy}").strategy.name == strategy
-    assert _compose().strategy.name == "single"
+    assert compose_train(f"strategy={strategy}").strategy.name == strategy
+    assert compose_train().strategy.name == "single"
 
 
 def test_paper_batch_gives_four_accumulation_steps_on_eight_gpus():
@@ -110,6 +101,6 @@ def test_paper_batch_gives_four_accumulation_steps_on_eight_gpus():
 
     from sortednet.train import configure_strategy
 
-    trainer = configure_strategy(_compose("experiment=soft_13b"))
+    trainer = configure_strategy(compose_train("experiment=soft_13b"))
     assert trainer["accumulate_grad_batches"] == 4 and trainer["precision"] == "32-true"  # FSDP2 policy casts
     assert isinstance(trainer["strategy"], ModelParallelStrategy)  # sortednet's atomic-checkpoint subclass

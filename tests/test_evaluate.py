@@ -10,12 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 from rouge_score.rouge_scorer import RougeScorer
 
-from conftest import save_tiny
+from conftest import save_checkpoint, save_tiny
 from sortednet import evaluate
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
@@ -31,16 +30,6 @@ PANDALM_ITEMS = [
 ]
 
 
-def _save_checkpoint(path: Path, state_dict: dict, meta: dict) -> Path:
-    """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write."""
-    torch.save(
-        {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__, "state_dict": state_dict,
-         "sortednet": meta},
-        path,
-    )  # fmt: skip
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """soft: the embedded 8-layer LLaMA with exits 2,4,6,8; sft: the same, objective sft, weights perturbed."""
@@ -49,10 +38,10 @@ def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval-ckpts")
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
     module.configure_model()
-    paths = {"soft": _save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
+    paths = {"soft": save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
     torch.manual_seed(3)
     state = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in module.state_dict().items()}
-    paths["sft"] = _save_checkpoint(root / "sft.ckpt", state, {**module.metadata(), "objective": "sft"})
+    paths["sft"] = save_checkpoint(root / "sft.ckpt", state, {**module.metadata(), "objective": "sft"})
     return paths
 
 

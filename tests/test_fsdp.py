@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import rows_of_very_different_lengths
+from conftest import csv_metrics, rows_of_very_different_lengths, run_cli, succeeded, train_in_process
 from sortednet.data.embedded import make_rows
-from test_train import _metrics, _ok, run_cli
 
 # 12 rows, 4 held out: the 8 training rows are one step of the global batch (8 x 1 process, 4 x 2 processes),
 # so every step sees the same examples in both runs whatever the samplers' order.
@@ -37,7 +36,7 @@ def twelve_rows(tmp_path_factory) -> Path:
 def _train_losses(run_dir: Path) -> dict[int, dict[str, float]]:
     return {
         int(r["step"]): {k: float(v) for k, v in r.items() if k.startswith("train/loss") and v}
-        for r in _metrics(run_dir)
+        for r in csv_metrics(run_dir)
         if r["train/loss"]
     }
 
@@ -53,8 +52,8 @@ def _assert_same_losses(single: dict, sharded: dict, steps: int) -> None:
 @pytest.mark.slow
 def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_rows):
     data = f"data.path={twelve_rows}"
-    _ok(run_cli(tmp_path, "single", data, *COMMON, *SINGLE))
-    out = _ok(run_cli(tmp_path, "fsdp", data, *COMMON, *FSDP))
+    succeeded(run_cli(tmp_path, "single", data, *COMMON, *SINGLE))
+    out = succeeded(run_cli(tmp_path, "fsdp", data, *COMMON, *FSDP))
     assert "objective=soft, exits=[2, 4, 6, 8]" in out
     single, sharded = _train_losses(tmp_path / "single"), _train_losses(tmp_path / "fsdp")
     assert {"train/loss_exit_2", "train/loss_exit_8"} <= single[0].keys()
@@ -68,7 +67,7 @@ def test_fsdp_on_two_processes_matches_one_process(tmp_path, cache_dir, twelve_r
     # resumed on another world size (3 ranks): DCP reshards; re-saved at once, model and optimizer are unchanged
     last = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
     three = [*FSDP[:1], "trainer.devices=3", *FSDP[2:]]
-    _ok(run_cli(tmp_path, "fsdp-3", data, *COMMON, *three, f"ckpt_path={last}"))
+    succeeded(run_cli(tmp_path, "fsdp-3", data, *COMMON, *three, f"ckpt_path={last}"))
     resaved = tmp_path / "fsdp-3" / "checkpoints" / "last.ckpt"
     assert len(list(resaved.glob("*.distcp"))) == 3 and len(list(last.glob("*.distcp"))) == 2
     for key in ("state_dict", "optimizer_0"):
@@ -87,8 +86,8 @@ def test_two_ranks_accumulating_equal_one_rank_then_ict_starts_from_the_sharded_
     rows.write_text(json.dumps(rows_of_very_different_lengths(12)))
     data = f"data.path={rows}"
     accumulating = [*FSDP[:3], "data.batch_size=2", "trainer.accumulate_grad_batches=2"]
-    _ok(run_cli(tmp_path, "sft-single", data, *COMMON, *SINGLE, "objective=sft"))
-    _ok(run_cli(tmp_path, "sft-fsdp", data, *COMMON, *accumulating, "objective=sft"))
+    succeeded(run_cli(tmp_path, "sft-single", data, *COMMON, *SINGLE, "objective=sft"))
+    succeeded(run_cli(tmp_path, "sft-fsdp", data, *COMMON, *accumulating, "objective=sft"))
     single, sharded = _train_losses(tmp_path / "sft-single"), _train_losses(tmp_path / "sft-fsdp")
     _assert_same_losses(single, sharded, 3)
     _assert_consolidates_to(tmp_path / "sft-fsdp", tmp_path / "sft-single", tmp_path / "hf-sft")
@@ -98,8 +97,8 @@ def test_two_ranks_accumulating_equal_one_rank_then_ict_starts_from_the_sharded_
     sharded_sft = tmp_path / "sft-fsdp" / "checkpoints" / "last.ckpt"
     assert sharded_sft.is_dir()
     ict = ["objective=ict", f"objective.init_from={sharded_sft}", "trainer.max_steps=2"]
-    _ok(run_cli(tmp_path, "ict-single", data, *COMMON, *SINGLE, *ict))
-    _ok(run_cli(tmp_path, "ict-fsdp", data, *COMMON, *FSDP, *ict))
+    succeeded(run_cli(tmp_path, "ict-single", data, *COMMON, *SINGLE, *ict))
+    succeeded(run_cli(tmp_path, "ict-fsdp", data, *COMMON, *FSDP, *ict))
     single, sharded = _train_losses(tmp_path / "ict-single"), _train_losses(tmp_path / "ict-fsdp")
     _assert_same_losses(single, sharded, 2)
     assert single[1]["train/loss"] < single[0]["train/loss"]  # the heads do train
@@ -147,13 +146,13 @@ def _assert_consolidates_to(sharded_run: Path, single_run: Path, out: Path) -> N
 
 
 @pytest.mark.slow
-def test_fsdp_on_one_device_only_when_allowed_and_then_matches_single(tmp_path, cache_dir, twelve_rows):
+def test_fsdp_on_one_device_only_when_allowed_and_then_matches_single(tmp_path, cache_dir, twelve_rows, capsys):
     data = f"data.path={twelve_rows}"
     one_device = ["strategy=fsdp", "trainer.accelerator=cpu", "data.batch_size=8"]
-    refused = run_cli(tmp_path, "refused", data, *COMMON, *one_device)
-    assert refused.returncode != 0 and "strategy.allow_single_device=true" in refused.stderr
-    _ok(run_cli(tmp_path, "single", data, *COMMON, *SINGLE))
-    _ok(run_cli(tmp_path, "fsdp1", data, *COMMON, *one_device, "strategy.allow_single_device=true"))
+    code, err = train_in_process([f"hydra.run.dir={tmp_path / 'refused'}", data, *COMMON, *one_device], capsys)
+    assert code != 0 and "strategy.allow_single_device=true" in err
+    succeeded(run_cli(tmp_path, "single", data, *COMMON, *SINGLE))
+    succeeded(run_cli(tmp_path, "fsdp1", data, *COMMON, *one_device, "strategy.allow_single_device=true"))
     _assert_same_losses(_train_losses(tmp_path / "single"), _train_losses(tmp_path / "fsdp1"), 3)
 
 
@@ -167,8 +166,12 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
-def test_bad_strategy_input_is_one_line_before_any_process(tmp_path, cache_dir, twelve_rows, overrides, message):
-    process = run_cli(tmp_path, "run", f"data.path={twelve_rows}", "logger=csv", *overrides)
-    assert process.returncode != 0
-    assert message in process.stderr and "Traceback" not in process.stderr
+def test_bad_strategy_input_is_one_line_before_any_process(
+    tmp_path, cache_dir, twelve_rows, capsys, monkeypatch, overrides, message
+):
+    monkeypatch.chdir(tmp_path)
+    run = [f"hydra.run.dir={tmp_path / 'run'}", f"data.path={twelve_rows}", "logger=csv", *overrides]
+    code, err = train_in_process(run, capsys)
+    assert code != 0
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "csv").exists()

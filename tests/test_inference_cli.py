@@ -10,78 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 
 from conftest import save_tiny
 from sortednet import export, generate
 from sortednet.cli import parse_overrides
-from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.prompts import ALPACA
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import greedy_answers
 from sortednet.inference.load import load_sorted
-from sortednet.model import SortedLM
 
 PROMPT = "What color is the apple?"
 N = 12  # new tokens per answer: the random model rarely stops early, so answers are N tokens long
-
-
-def _save_checkpoint(path: Path, state_dict: dict, meta: dict) -> Path:
-    """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write."""
-    torch.save(
-        {
-            "epoch": 0,
-            "global_step": 0,
-            "pytorch-lightning_version": lightning.__version__,
-            "state_dict": state_dict,
-            "sortednet": meta,
-        },
-        path,
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
-    """soft: the embedded 8-layer LLaMA (exits 2,4,6,8) as SortedModule saves it; ict: the same with its
-    own heads for 2,4,6; tied: a 4-layer LLaMA with tied embeddings and an own head for exit 2."""
-    from sortednet.module import SortedModule
-
-    root = tmp_path_factory.mktemp("ckpts")
-    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
-    module.configure_model()
-    paths = {"soft": _save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
-
-    torch.manual_seed(1)
-    module.net.add_exit_heads([2, 4, 6, 8])
-    for head in module.net.exit_heads.values():
-        head.weight.data += 0.05 * torch.randn_like(head.weight)
-    meta = {**module.metadata(), "objective": "ict"}
-    assert meta["exit_heads"] == [2, 4, 6]
-    paths["ict"] = _save_checkpoint(root / "ict.ckpt", module.state_dict(), meta)
-
-    tokenizer_size = module.net.lm.config.vocab_size
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(
-        save_tiny("llama", root / "tied", vocab_size=tokenizer_size, tie_word_embeddings=True)
-    )
-    net = SortedLM(lm)
-    assert net.lm_head.weight is lm.get_input_embeddings().weight
-    net.add_exit_heads([2, 4])
-    meta = {
-        "objective": "ict",
-        "exits": [2, 4],
-        "num_layers": 4,
-        "exit_heads": [2],
-        "hf_config": lm.config.to_dict(),
-        "model": str(root / "tied"),
-        "tokenizer": "embedded",
-    }
-    paths["tied"] = _save_checkpoint(root / "tied.ckpt", {f"net.{k}": v for k, v in net.state_dict().items()}, meta)
-    return paths
 
 
 def _run(main, argv, capsys) -> tuple[int, str, str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import save_checkpoint
 from sortednet import evaluate, export
 from sortednet.config import ModelConfig, ObjectiveConfig
-from test_evaluate import _save_checkpoint
 
 WORDS = ["red", "blue", "green", "apple", "river", "stone", "cat", "dog"]
 MC_YAML = """task: sn_choice
@@ -61,7 +61,7 @@ def setup(tmp_path_factory, cache_dir) -> dict:
     root = tmp_path_factory.mktemp("lm-eval")
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
     module.configure_model()
-    ckpt = _save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())
+    ckpt = save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())
     tasks = root / "tasks"
     tasks.mkdir()
     choice = [

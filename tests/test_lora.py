@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_checkpoint, run_cli, save_checkpoint, succeeded, train_in_process
 from sortednet import export
 from sortednet.config import LoraConfig, ModelConfig, ObjectiveConfig
 from sortednet.data.embedded import make_rows
@@ -18,7 +19,6 @@ from sortednet.inference.load import load_sorted
 from sortednet.lora import add_lora_
 from sortednet.model import SortedLM
 from sortednet.module import SortedModule
-from test_train import _ckpt, _ok, run_cli
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8"]
 ADAPTER = (".lora_A.default.weight", ".lora_B.default.weight")
@@ -65,14 +65,14 @@ def lora_run(tmp_path_factory, cache_dir) -> Path:
     data = root / "rows.json"
     data.write_text(json.dumps(make_rows(48)))
     overrides = [f"data.path={data}", "data.val_size=8", "data.batch_size=8", "eval.num_generate=0", "logger=csv"]
-    _ok(run_cli(root, "run", *overrides, *LORA, "trainer.max_steps=4", "optimizer.lr=1e-2"))
+    succeeded(run_cli(root, "run", *overrides, *LORA, "trainer.max_steps=4", "optimizer.lr=1e-2"))
     return root / "run"
 
 
 def test_lora_checkpoint_holds_adapters_and_loads_merged(lora_run, cache_dir, tokenizer):
     from peft.tuners.lora import LoraLayer
 
-    checkpoint = _ckpt(lora_run)
+    checkpoint = run_checkpoint(lora_run)
     keys = set(checkpoint["state_dict"])
     assert len(keys) == 2 * 7 * 8 and all(k.startswith("net.lm.model.layers.") and k.endswith(ADAPTER) for k in keys)
     assert checkpoint["sortednet"]["lora"]["rank"] == 4 and checkpoint["sortednet"]["quantization"] is None
@@ -112,7 +112,7 @@ def test_adapter_export_is_a_peft_directory_that_peft_alone_loads(
     base = embedded_root / "model"
     assert config["base_model_name_or_path"] == str(base) and config["peft_type"] == "LORA"
     assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (4, 8, sorted(LoraConfig().targets))
-    assert len(load_file(out / "adapter_model.safetensors")) == len(_ckpt(lora_run)["state_dict"])
+    assert len(load_file(out / "adapter_model.safetensors")) == len(run_checkpoint(lora_run)["state_dict"])
 
     # no sortednet code on this side: transformers + PEFT, unmerged adapters
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]), out)
@@ -138,11 +138,10 @@ def test_export_at_exit_k_of_a_lora_checkpoint_merges_the_adapters(lora_run, tmp
 
 
 def test_adapter_export_refuses_what_it_cannot_write(lora_run, tmp_path, capsys):
-    from test_evaluate import _save_checkpoint
 
     ckpt = lora_run / "checkpoints" / "last.ckpt"
-    full = _ckpt(lora_run)
-    full_ckpt = _save_checkpoint(tmp_path / "full.ckpt", full["state_dict"], {**full["sortednet"], "lora": None})
+    full = run_checkpoint(lora_run)
+    full_ckpt = save_checkpoint(tmp_path / "full.ckpt", full["state_dict"], {**full["sortednet"], "lora": None})
     cases = [
         ([f"ckpt={ckpt}", "adapter=true", "exit=4"], "drop exit="),
         ([f"ckpt={ckpt}", "adapter=true", "dtype=bfloat16"], "drop dtype="),
@@ -161,11 +160,11 @@ def test_lora_run_resumes_from_its_adapter_checkpoint(lora_run, tmp_path, cache_
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(make_rows(48)))
     overrides = [f"data.path={data}", "data.val_size=8", "data.batch_size=8", "eval.num_generate=0", "logger=csv"]
-    _ok(run_cli(tmp_path, "resumed", *overrides, *LORA, "trainer.max_steps=6", f"ckpt_path={ckpt}"))
-    assert _ckpt(tmp_path / "resumed")["global_step"] == 6
+    succeeded(run_cli(tmp_path, "resumed", *overrides, *LORA, "trainer.max_steps=6", f"ckpt_path={ckpt}"))
+    assert run_checkpoint(tmp_path / "resumed")["global_step"] == 6
 
 
-def test_bad_adapter_settings_are_one_line_errors(tmp_path, cache_dir):
+def test_bad_adapter_settings_are_one_line_errors(tmp_path, cache_dir, capsys, monkeypatch):
     cases = [
         (["model.quantization=nf4"], "add model.lora.rank=16"),
         (["model.quantization=nf4", *LORA], "no CUDA device is visible"),
@@ -173,9 +172,10 @@ def test_bad_adapter_settings_are_one_line_errors(tmp_path, cache_dir):
         ([*LORA, "strategy=fsdp", "trainer.devices=2"], "FSDP2 sharding of adapters is not supported"),
         ([*LORA, "model.lora.targets=[no_such]"], "matched no linear layer"),
     ]
+    monkeypatch.chdir(tmp_path)
     for overrides, message in cases:
-        process = run_cli(tmp_path, "bad", "logger=csv", *overrides)
-        assert process.returncode != 0, overrides
-        assert message in process.stderr and "Traceback" not in process.stderr, (overrides, process.stderr[-800:])
+        code, err = train_in_process([f"hydra.run.dir={tmp_path / 'bad'}", "logger=csv", *overrides], capsys)
+        assert code != 0, overrides
+        assert message in err and "Traceback" not in err, (overrides, err[-800:])
     with pytest.raises(SortedNetError, match="drop model.lora.rank"):
         SortedModule(ModelConfig(lora=LoraConfig(rank=4)), ObjectiveConfig(name="ict", init_from="x.ckpt"))

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
+from conftest import csv_metrics, run_cli, succeeded, train_in_process
 from sortednet.data.embedded import make_rows
 from sortednet.errors import SortedNetError
 from sortednet.optim import adamw8bit, check, paged_adamw8bit
-from test_train import _metrics, _ok, run_cli
 
 
 def test_adamw8bit_keeps_8bit_moments_and_steps():
@@ -32,12 +32,12 @@ def test_train_cli_with_adamw8bit(tmp_path, cache_dir):
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(make_rows(24)))
     settings = ["data.val_size=8", "data.batch_size=8", "eval.num_generate=0", "logger=csv", "trainer.max_steps=4"]
-    _ok(
+    succeeded(
         run_cli(
             tmp_path, "run", f"data.path={data}", "optimizer=adamw8bit", *settings, "trainer.val_check_interval=1.0"
         )
     )
-    losses = [float(r["train/loss"]) for r in _metrics(tmp_path / "run") if r["train/loss"]]
+    losses = [float(r["train/loss"]) for r in csv_metrics(tmp_path / "run") if r["train/loss"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
@@ -47,11 +47,14 @@ def test_missing_bitsandbytes_is_one_line(monkeypatch):
         check(adamw8bit)
 
 
-def test_paged_adamw8bit_on_cpu_is_one_line(tmp_path, cache_dir):
+def test_paged_adamw8bit_on_cpu_is_one_line(tmp_path, cache_dir, capsys, monkeypatch):
     pytest.importorskip("bitsandbytes")
     with pytest.raises(SortedNetError, match="needs a CUDA GPU"):
         check(paged_adamw8bit, "cpu")
-    process = run_cli(tmp_path, "run", "optimizer=paged_adamw8bit", "logger=csv")
-    assert process.returncode == 2 and "Traceback" not in process.stderr
-    (line,) = [x for x in process.stderr.splitlines() if x.startswith("sortednet: error:")]
+    monkeypatch.chdir(tmp_path)
+    code, err = train_in_process(
+        [f"hydra.run.dir={tmp_path / 'run'}", "optimizer=paged_adamw8bit", "logger=csv"], capsys
+    )
+    assert code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("sortednet: error:")]
     assert "optimizer=adamw8bit" in line

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cli_command, cli_env, csv_metrics, run_cli, succeeded
 from sortednet.data.datamodule import GlobalOrderSampler
 from sortednet.data.embedded import make_rows
 from sortednet.errors import SortedNetError
-from test_train import _metrics, _ok, cli_command, cli_env, run_cli
 
 # 32 train rows at batch 8: 4 steps an epoch; the cpu trainer validates (and writes last.ckpt) after steps 2 and
 # 4 of every epoch (trainer.val_check_interval=0.5), so the killed run leaves checkpoints of both kinds.
@@ -57,7 +57,7 @@ def _snapshot_until(process: subprocess.Popen, last: Path, out: Path, step: int,
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    return {int(r["step"]): float(r["train/loss"]) for r in _metrics(run_dir) if r["train/loss"]}
+    return {int(r["step"]): float(r["train/loss"]) for r in csv_metrics(run_dir) if r["train/loss"]}
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -96,7 +96,7 @@ def test_a_killed_run_resumes_exactly_mid_epoch_and_at_epoch_end(tmp_path, cache
     resumes = [("killed", snapshots[mid]), ("from_epoch_end", snapshots[STEPS_PER_EPOCH])]
     with ThreadPoolExecutor(len(resumes)) as pool:  # both at once: each its own process group and timeout
         for process in pool.map(lambda r: run_cli(tmp_path, r[0], *common, f"ckpt_path={r[1]}"), resumes):
-            _ok(process)
+            succeeded(process)
     assert {p: p.read_bytes() for p in earlier} == earlier
 
     reference, final = _losses(tmp_path / "full"), _weights(tmp_path / "full")

@@ -36,9 +36,9 @@ from sortednet import cli
 from sortednet.checkpoint import read_sorted_checkpoint
 from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
-from sortednet.export import _check_out_free, _write_new_dir
 from sortednet.hub import DTYPES
 from sortednet.inference.load import PROMPT_STYLE_FILE, build_model, prompt_style_of
+from sortednet.io import check_new_dir, write_dir_atomically
 
 EXIT_HEADS_FILE = "exit_heads.safetensors"
 
@@ -60,7 +60,7 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
     if cfg.dtype is not None and cfg.dtype not in DTYPES:
         raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
     out = Path(cfg.out).expanduser().absolute()
-    _check_out_free(out)
+    check_new_dir(out, "out")
     source = str(Path(cfg.ckpt).expanduser().absolute())
     state, meta = read_sorted_checkpoint(cfg.ckpt)
     lm, heads = build_model(state, meta, cfg.ckpt, DTYPES[cfg.dtype] if cfg.dtype else None, cfg.cache_dir)
@@ -97,7 +97,7 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
         if any(p.suffix in (".bin", ".pt", ".pth") for p in tmp.iterdir()):
             raise RuntimeError("save_pretrained wrote pickled weights; expected safetensors only")
 
-    _write_new_dir(out, write)
+    write_dir_atomically(out, write, if_exists="refuse")
     params = sum(p.numel() for p in lm.parameters())
     extra = f", ICT heads {sorted(int(e) for e in meta['exit_heads'])} in {EXIT_HEADS_FILE}" if heads else ""
     print(

@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +38,7 @@ from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
 from sortednet.hub import DTYPES
 from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
-from sortednet.io import check_creatable_dir
+from sortednet.io import check_new_dir, write_dir_atomically
 from sortednet.model import SortedLM, _set_layer_count
 
 
@@ -97,7 +94,7 @@ def export(cfg: ExportConfig) -> Path:
     if cfg.dtype not in DTYPES:
         raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
     out = Path(cfg.out).expanduser().absolute()
-    _check_out_free(out)
+    check_new_dir(out, "out")
     if cfg.adapter:
         return export_adapter(cfg, out)
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
@@ -138,7 +135,7 @@ def export(cfg: ExportConfig) -> Path:
         if not any(p.suffix == ".safetensors" for p in tmp.iterdir()):
             raise RuntimeError("save_pretrained wrote no .safetensors file")
 
-    _write_new_dir(out, write)
+    write_dir_atomically(out, write, if_exists="refuse")
     params = sum(p.numel() for p in sub.parameters())
     print(
         f"exit {cfg.exit} of {meta['source']} ({cfg.exit} of {num_layers} layers, {params / 1e6:.2f}M parameters, "
@@ -173,42 +170,10 @@ def export_adapter(cfg: ExportConfig, out: Path) -> Path:
     peft_model = adapted_base(adapters, meta, str(path), cfg.cache_dir)
     # written into adapter_config.json: what from_pretrained(BASE) must load (embedded resolves to a directory)
     peft_model.peft_config["default"].base_model_name_or_path = resolve(meta["model"], "model", cfg.cache_dir)
-    _write_new_dir(out, lambda tmp: peft_model.save_pretrained(tmp, safe_serialization=True))
+    write_dir_atomically(out, lambda tmp: peft_model.save_pretrained(tmp, safe_serialization=True), if_exists="refuse")
     count = sum(v.numel() for v in adapters.values())
     print(f"adapters of {path} ({len(adapters)} tensors, {count / 1e6:.3f}M parameters, base {meta['model']}) -> {out}")
     return out
-
-
-def _check_out_free(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "a non-empty directory" if out.is_dir() else "a file"
-        raise SortedNetError(f"out={str(out)!r} is {what}; nothing was written: pick a new out= or remove it first")
-    check_creatable_dir(out, "out")
-
-
-def _write_new_dir(out: Path, write) -> None:
-    """Build ``out`` in a temporary sibling, then rename it into place (never over a non-empty ``out``). An
-    existing empty ``out`` keeps its permissions."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as error:
-        raise SortedNetError(f"cannot create out={str(out)!r} ({error.strerror}); pick a writable out=DIR") from error
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        # mkdtemp's 0700 would otherwise become out's mode; an empty out the user made keeps the mode they gave it
-        tmp.chmod(out.stat().st_mode & 0o7777 if out.is_dir() else 0o777 & ~umask)
-        write(tmp)
-        for file in tmp.rglob("*"):
-            file.chmod((0o777 if file.is_dir() else 0o666) & ~umask)
-        _check_out_free(out)
-        try:
-            os.rename(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
-        except OSError as error:
-            raise SortedNetError(f"out={str(out)!r} appeared while exporting; nothing was written there") from error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

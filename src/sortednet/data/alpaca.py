@@ -175,7 +175,7 @@ def load_tokenized(
 
         rows = check_rows(training_rows(path), path)
         dataset = datasets.Dataset.from_dict(tokenize_rows(rows, tokenizer, **settings))
-        write_dir_atomically(target, lambda tmp: dataset.save_to_disk(str(tmp)))
+        write_dir_atomically(target, lambda tmp: dataset.save_to_disk(str(tmp)), if_exists="keep")
     return datasets.load_from_disk(str(target))
 
 

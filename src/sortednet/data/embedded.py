@@ -134,5 +134,5 @@ def materialise(root: str | os.PathLike) -> Path:
         torch.manual_seed(0)
         LlamaForCausalLM(config).save_pretrained(tmp / "model")
 
-    write_dir_atomically(target, write)
+    write_dir_atomically(target, write, if_exists="keep")
     return target

@@ -21,6 +21,25 @@ from sortednet.rundir import save_run_config
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+def _help_template() -> str:
+    """``--help``: Hydra's groups and composed config, with every key's type, default and docstring between."""
+    from sortednet.cli import describe
+
+    keys = describe(TrainConfig).replace("${", "\\${")  # a docstring is text, not an interpolation
+    return "\n".join([
+        __doc__.strip(), "",
+        "== Configuration groups ==", "Compose your configuration from those groups (group=option)", "",
+        "$APP_CONFIG_GROUPS", "",
+        "== Keys ==", "Each key's type, schema default and meaning (the values a run uses: == Config ==)", "",
+        keys, "",
+        "== Config ==", "The config these arguments compose; override anything in it (foo.bar=value)", "",
+        "$CONFIG", "",
+    ])  # fmt: skip
+
+
+ConfigStore.instance().store(group="hydra/help", name="sortednet", node={"template": _help_template()})
+
+
 def build_module(cfg: TrainConfig):
     """The LightningModule of a run, before its weights are loaded (``configure_model``)."""
     from hydra.utils import instantiate
@@ -106,7 +125,7 @@ def _check_adapters(cfg: TrainConfig, strategy: str, accelerator: str) -> None:
     """LoRA / QLoRA settings that cannot run: one-line errors before anything is loaded."""
     import torch
 
-    from sortednet.lora import check_quantization
+    from sortednet.hub import check_quantization
 
     cuda = torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto")
     check_quantization(cfg.model.quantization, cfg.model.lora.rank, cuda)
@@ -207,6 +226,8 @@ def _quiet_dependencies() -> None:
     warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
     # Lightning's own use of a torch pytree API that torch deprecated: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Validation losses are torchmetrics means whose compute() already reduces over ranks: no sync_dist needed.
+    warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('val/.*sync_dist=True.*")
 
 
 def _model_line(module) -> str:

@@ -99,6 +99,21 @@ evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$r
 evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" \
   instructions="$root/data/heldout.json" limit=24
 
+# 5. Decoding on the real SoFT model (batch 1, greedy, held-out instructions at their natural lengths: stop at
+# <|im_end|> or BENCH_TOKENS): exit-K, self-speculative from several draft exits, dynamic exits calibrated on
+# the next BENCH_PROMPTS held-out rows, and Hugging Face's assistant_early_exit as the peer; then batches.
+bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.txt
+  local name=$1
+  shift
+  [[ -f $eval/$name.txt ]] && return
+  timed "$name" $py -m sortednet.bench generate --ckpt "$soft" --data "$root/data/heldout.json" \
+    --prompts "${BENCH_PROMPTS:-16}" --max-new-tokens "${BENCH_TOKENS:-96}" --threads "$(nproc)" "$@" >"$eval/$name.txt.partial"
+  mv "$eval/$name.txt.partial" "$eval/$name.txt"
+  cat "$eval/$name.txt"
+}
+bench bench_generate --draft-exits 9 15 21
+bench bench_batches --draft-exits 9 15 --batch-size 1 4 16
+
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
 {
   echo "# $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD): bash experiments/smollm2_alpaca.sh"
@@ -108,7 +123,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo
   echo "Wall times (s, on $(nproc) cores; a skipped stage keeps the time of the run that made it):"
   for file in "$root"/times/*; do echo "- $(basename "$file"): $(cat "$file")"; done
-  for part in "$root"/{soft,sft,ict,extracted}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"

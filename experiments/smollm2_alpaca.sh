@@ -106,13 +106,13 @@ bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.
   local name=$1
   shift
   [[ -f $eval/$name.txt ]] && return
-  timed "$name" $py -m sortednet.bench generate --ckpt "$soft" --data "$root/data/heldout.json" \
-    --prompts "${BENCH_PROMPTS:-16}" --max-new-tokens "${BENCH_TOKENS:-96}" --threads "$(nproc)" "$@" >"$eval/$name.txt.partial"
+  timed "$name" $py -m sortednet.bench generate ckpt="$soft" data="$root/data/heldout.json" \
+    prompts="${BENCH_PROMPTS:-16}" max_new_tokens="${BENCH_TOKENS:-96}" threads="$(nproc)" "$@" >"$eval/$name.txt.partial"
   mv "$eval/$name.txt.partial" "$eval/$name.txt"
   cat "$eval/$name.txt"
 }
-bench bench_generate --draft-exits 9 15 21
-bench bench_batches --draft-exits 9 15 --batch-size 1 4 16
+bench bench_generate 'draft_exits=[9,15,21]'
+bench bench_batches 'draft_exits=[9,15]' 'batch_size=[1,4,16]'
 
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
 {

@@ -155,7 +155,7 @@ INFERENCE = [
     (plan, ["foo=1"], "Could not override 'foo'"),
     (plan, ["trainer.devices=0"], "trainer.devices=0"),
     (plan, ["plan.mfu=0"], "plan.mfu=0.0 must be in (0, 1]"),
-    (plan, ["plan.nope=1"], "unknown key 'nope'"),
+    (plan, ["plan.nope=1"], "unknown key 'plan.nope'"),
 ]
 
 

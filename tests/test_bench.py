@@ -54,8 +54,8 @@ def test_spread_exits():
 
 def test_bench_train_prints_a_table():
     out = subprocess.run(
-        [sys.executable, "-m", "sortednet.bench", "train", "--shapes", "tiny", "--exits", "1", "4",
-         "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1", "--peak-tflops", "1"],
+        [sys.executable, "-m", "sortednet.bench", "train", "shapes=[tiny]", "exits=[1,4]", "batch=2", "seq=32",
+         "steps=2", "warmup=1", "peak_tflops=1"],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout  # fmt: skip
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]

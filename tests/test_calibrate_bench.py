@@ -26,8 +26,7 @@ def test_calibrate_bad_input(argv, message, capsys):
 
 
 def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):
-    bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
-                "--thresholds", "1.0", "1.0", "1.0"])  # fmt: skip
+    assert bench.main(["generate", f"ckpt={ckpts['soft']}", "prompts=3", "max_new_tokens=6", "thresholds=[1,1,1]"]) == 0
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
     by_mode = {r[0]: r for r in rows if r and r[0] not in ("mode", "---")}
     assert set(by_mode) == {
@@ -41,8 +40,8 @@ def test_bench_generate_rows_and_lossless_speculation(ckpts, capsys):
 
 
 def test_bench_generate_batch_sweep(ckpts, capsys):
-    bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
-                "--thresholds", "1.0", "1.0", "1.0", "--draft-exits", "2", "--batch-size", "1", "3"])  # fmt: skip
+    assert bench.main(["generate", f"ckpt={ckpts['soft']}", "prompts=3", "max_new_tokens=6", "thresholds=[1,1,1]",
+                       "draft_exits=[2]", "batch_size=[1,3]"]) == 0  # fmt: skip
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()]
     table = [r for r in rows if r and r[0].isdigit()]
     modes = ["HF generate", "plain (exit 8)", "speculative draft 2", "dynamic [1.0, 1.0, 1.0]"]
@@ -59,8 +58,8 @@ def test_bench_generate_on_an_alpaca_file_scores_rouge_l_against_its_outputs(ckp
     rows = [{"instruction": f"Say {word}.", "input": "", "output": f"{word} it is"} for word in "abcdef"]
     data = tmp_path / "heldout.json"
     data.write_text(__import__("json").dumps(rows))
-    bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--max-new-tokens", "6",
-                "--draft-exits", "4", "--max-drop", "0.0", "--data", str(data)])  # fmt: skip
+    assert bench.main(["generate", f"ckpt={ckpts['soft']}", "prompts=3", "max_new_tokens=6", "draft_exits=[4]",
+                       "max_drop=0.0", f"data={data}"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "3 prompts of " + str(data) in out and "| rouge l |" in out
     by_mode = {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()) if r}
@@ -73,10 +72,9 @@ def test_bench_generate_on_an_alpaca_file_scores_rouge_l_against_its_outputs(ckp
     assert any(mode.startswith("dynamic") for mode in by_mode)
 
 
-def test_bench_generate_needs_twice_prompts_rows_of_data(ckpts, tmp_path):
-    from sortednet.errors import SortedNetError
-
+def test_bench_generate_needs_twice_prompts_rows_of_data(ckpts, tmp_path, capsys):
     data = tmp_path / "two.json"
     data.write_text('[{"instruction": "x", "input": "", "output": "y"}, {"instruction": "z", "output": "w"}]')
-    with pytest.raises(SortedNetError, match="has 2 rows; --prompts 3 needs 6"):
-        bench.main(["generate", "--ckpt", str(ckpts["soft"]), "--prompts", "3", "--data", str(data)])
+    assert bench.main(["generate", f"ckpt={ckpts['soft']}", "prompts=3", f"data={data}"]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 rows; prompts=3 needs 6" in err and len(err.strip().splitlines()) == 1

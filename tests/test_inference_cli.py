@@ -1,9 +1,8 @@
 """Inference from a checkpoint alone: `python -m sortednet.export`, `python -m sortednet.generate`, `load_sorted`,
-the `key=value` parser, and their one-line errors."""
+and their one-line errors (the `key=value` parser itself: test_commands)."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import subprocess
@@ -15,9 +14,7 @@ import torch
 
 from conftest import save_tiny
 from sortednet import export, generate
-from sortednet.cli import parse_overrides
 from sortednet.data.prompts import ALPACA
-from sortednet.errors import SortedNetError
 from sortednet.eval.exits import greedy_answers
 from sortednet.inference.load import load_sorted
 
@@ -292,34 +289,3 @@ def test_the_real_commands_fail_in_one_line_with_status_2(ckpts, tmp_path):
         process = _cli(module, *args)
         _one_line_error(process.returncode, process.stderr, message)
         assert process.stdout == ""
-
-
-# ---------------------------------------------------------------- the parser
-
-
-@dataclasses.dataclass
-class _Settings:
-    n: int = 1
-    rate: float = 0.5
-    flag: bool = False
-    name: str = "x"
-    pick: int | str | None = None
-    values: list[float] | None = None
-
-
-def test_parse_overrides_types_and_errors():
-    s = parse_overrides(["n=3", "rate=1e-3", "flag=true", "name=a=b c", "pick=auto", "values=[0.9, 0.8,1]"], _Settings)
-    assert s == _Settings(3, 1e-3, True, "a=b c", "auto", [0.9, 0.8, 1.0])
-    assert parse_overrides(["pick=7", "values=[]"], _Settings) == _Settings(pick=7, values=[])
-    assert parse_overrides(["pick=null", "flag=0"], _Settings) == _Settings()
-    for argv, message in [
-        (["nn=3"], "unknown key 'nn'; valid keys: n, rate, flag, name, pick, values"),
-        (["n=3.5"], "n='3.5' is not a valid int"),
-        (["rate=fast"], "rate='fast' is not a valid float"),
-        (["values=0.9"], "values='0.9' is not a valid list of float | null"),
-        (["values=[0.9,x]"], "is not a valid list of float"),
-        (["n"], "is not key=value"),
-    ]:
-        with pytest.raises(SortedNetError, match=None) as error:
-            parse_overrides(argv, _Settings)
-        assert message in str(error.value)

@@ -1,30 +1,29 @@
-"""`python -m sortednet.bench train`: the cost of SoFT against SFT and against the full-logits recipe.
+"""`python -m sortednet.bench train|generate [key=value ...]`: what SoFT costs to train, and what its exits buy
+at decoding time.
 
-Every row runs in a fresh subprocess (so its peak memory is its own), builds a randomly initialised
-LLaMA of the given shape, and times forward + backward of one step (no optimizer) over a fixed batch
-whose first half of every row is prompt (masked) and second half response.
+- ``bench train``: the cost of SoFT against SFT and against the full-logits recipe, per step;
+- ``bench generate``: every decoding mode of a checkpoint against full-model greedy: speed and quality.
 
-Implementations:
-- ``sft``: the last exit only, head at label positions (``sortednet.loss``);
-- ``soft``: ``sortednet.loss`` over k exits;
-- ``soft-naive``: full ``[batch, seq, vocab]`` logits per exit, then cross-entropy, averaged — the way
-  most early-exit recipes do it, kept here as the reference.
+``python -m sortednet.bench train --help`` (or ``generate --help``) lists the keys of each.
 """
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import date
 
 import torch
 import torch.nn.functional as F
 
+from sortednet import cli
+from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
 from sortednet.loss import count_labels
 from sortednet.metrics import mean_score
@@ -41,6 +40,75 @@ SHAPES = {
                  num_key_value_heads=4, vocab_size=1000),
 }  # fmt: skip
 IMPLS = ("sft", "soft", "soft-naive")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class BenchTrainConfig:
+    """`python -m sortednet.bench train [key=value ...]`: the cost of SoFT against SFT and against the full-logits
+    recipe.
+
+    Every row runs in a fresh subprocess (so its peak memory is its own), builds a randomly initialised LLaMA of
+    the given shape, and times forward + backward of one step (no optimizer) over a fixed batch whose first half
+    of every row is prompt (masked) and second half response.
+
+    Implementations:
+    - ``sft``: the last exit only, head at label positions (``sortednet.loss``);
+    - ``soft``: ``sortednet.loss`` over k exits;
+    - ``soft-naive``: full ``[batch, seq, vocab]`` logits per exit, then cross-entropy, averaged — the way
+      most early-exit recipes do it, kept here as the reference.
+    """
+
+    shapes: list[str] = field(default_factory=lambda: ["llama-32k", "body-heavy"])
+    """Model shapes to time: llama-32k (width 512, 8 layers, 32,000-token vocabulary: head-heavy, like small
+    LLaMAs) | body-heavy (the same body, a 2,048-token vocabulary) | tiny (seconds, for tests)."""
+    exits: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Exit-set sizes k: SoFT over k exits spread evenly over the depth, the last one included."""
+    batch: int = 4
+    """Rows per step."""
+    seq: int = 256
+    """Tokens per row: the first half prompt (masked), the second half response labels."""
+    steps: int = 5
+    """Timed steps; their median is reported."""
+    warmup: int = 2
+    """Untimed steps before them."""
+    device: str = "auto"
+    """auto (cuda when available) | cpu | cuda | cuda:N."""
+    dtype: str = "float32"
+    """The weights' dtype: float32 | bfloat16."""
+    peak_tflops: float | None = None
+    """The device's peak TFLOP/s, for the MFU column; null: no MFU."""
+
+
+@dataclass
+class BenchGenerateConfig:
+    """`python -m sortednet.bench generate ckpt=PATH [key=value ...]`: every decoding mode of a checkpoint against
+    full-model greedy on the same prompts, one at a time: speed and quality (exact match, or ROUGE-L with
+    data=FILE). With batch_size=[1,4,16]: per batch size, HF generate, plain batched greedy, speculative and
+    dynamic."""
+
+    ckpt: str = ""
+    """A .ckpt written by sortednet.train, or a directory written by sortednet.export or sortednet.consolidate."""
+    prompts: int = 60
+    """Prompts measured (and as many calibrated on)."""
+    data: str | None = None
+    """An Alpaca .json/.jsonl of held-out rows: measure rows [0, prompts), calibrate on the next ones, score
+    ROUGE-L against their outputs; null: fresh rows of the embedded tasks, exact match."""
+    max_new_tokens: int = 24
+    """The most tokens generated per answer."""
+    draft_exits: list[int] | None = None
+    """Draft exits of the speculative rows; null: every exit below L."""
+    thresholds: list[float] | None = None
+    """Dynamic-exit thresholds, one per exit below L; null: calibrated on the calibration rows."""
+    max_drop: float = 0.01
+    """Calibration's quality budget (exact match, or ROUGE-L with data)."""
+    threads: int | None = None
+    """torch's CPU threads; null: torch's default."""
+    ignore_eos: bool = False
+    """true: always generate max_new_tokens (steady-state decoding)."""
+    batch_size: list[int] | None = None
+    """A sweep of batch sizes such as [1,4,16] (HF generate, plain batched greedy, speculative, dynamic);
+    null: the modes one prompt at a time."""
 
 
 def spread_exits(num_layers: int, k: int) -> list[int]:
@@ -109,12 +177,40 @@ def _row_in_subprocess(**settings) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_train(args) -> list[dict]:
+def resolve_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def check_train(cfg: BenchTrainConfig) -> None:
+    unknown = [s for s in cfg.shapes if s not in SHAPES]
+    if unknown or not cfg.shapes:
+        raise SortedNetError(f"shapes={cfg.shapes}: pick from {', '.join(sorted(SHAPES))}, e.g. shapes=[tiny]")
+    if not cfg.exits or any(k < 1 for k in cfg.exits):
+        raise SortedNetError(f"exits={cfg.exits} takes exit-set sizes >= 1, e.g. exits=[1,4]")
+    if cfg.dtype not in DTYPES:
+        raise SortedNetError(f"unknown dtype={cfg.dtype!r}; use {' or '.join(DTYPES)}")
+    for key in ("batch", "seq", "steps"):
+        if getattr(cfg, key) < 1:
+            raise SortedNetError(f"{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.warmup < 0:
+        raise SortedNetError(f"warmup={cfg.warmup} must be 0 or more")
+
+
+def check_generate(cfg: BenchGenerateConfig) -> None:
+    if not cfg.ckpt:
+        raise SortedNetError("no checkpoint given; pass ckpt=PATH.ckpt (written by sortednet.train) or ckpt=EXPORT_DIR")
+    if cfg.prompts < 1 or cfg.max_new_tokens < 1:
+        raise SortedNetError(f"prompts={cfg.prompts} and max_new_tokens={cfg.max_new_tokens} must be at least 1")
+    if cfg.batch_size is not None and (not cfg.batch_size or any(b < 1 for b in cfg.batch_size)):
+        raise SortedNetError(f"batch_size={cfg.batch_size} takes batch sizes >= 1, e.g. batch_size=[1,4,16]")
+
+
+def bench_train(args: BenchTrainConfig) -> list[dict]:
     rows = []
     for shape in args.shapes:
         settings = dict(
             shape=shape, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
-            device=args.device, dtype=args.dtype,
+            device=resolve_device(args.device), dtype=args.dtype,
         )  # fmt: skip
         sft = _row_in_subprocess(impl="sft", k=1, **settings)
         rows.append({"shape": shape, "impl": "sft", "k": 1, **sft})
@@ -160,11 +256,10 @@ def _bench_rows(data: str | None, n: int) -> tuple[list[dict], list[dict]]:
     if data is None:
         return make_rows(n, seed=1), make_rows(n, seed=2)
     from sortednet.data.alpaca import check_rows, read_rows
-    from sortednet.errors import SortedNetError
 
     rows = check_rows(read_rows(data), data)
     if len(rows) < 2 * n:
-        raise SortedNetError(f"--data {data} has {len(rows)} rows; --prompts {n} needs {2 * n} (measure + calibrate)")
+        raise SortedNetError(f"data={data} has {len(rows)} rows; prompts={n} needs {2 * n} (measure + calibrate)")
     return rows[:n], rows[n : 2 * n]
 
 
@@ -320,68 +415,47 @@ def format_generate_table(rows: list[dict], metric: str = "exact_match") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_row"]:
-        print(json.dumps(run_row(**json.loads(argv[1]))))
-        return
-    parser = argparse.ArgumentParser(prog="python -m sortednet.bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="SoFT vs SFT vs full-logits SoFT: step time and peak memory")
-    train.add_argument("--shapes", nargs="+", default=["llama-32k", "body-heavy"], choices=sorted(SHAPES))
-    train.add_argument("--exits", nargs="+", type=int, default=[1, 2, 4, 8], help="exit-set sizes")
-    train.add_argument("--batch", type=int, default=4)
-    train.add_argument("--seq", type=int, default=256)
-    train.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    train.add_argument("--warmup", type=int, default=2)
-    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    train.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    train.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
-    gen = sub.add_parser("generate", help="every decoding mode against full-model greedy: speed and quality")
-    gen.add_argument("--ckpt", required=True, help="a sortednet checkpoint")
-    gen.add_argument("--prompts", type=int, default=60, help="prompts measured (and as many calibrated on)")
-    gen.add_argument(
-        "--data", default=None,
-        help="an Alpaca .json/.jsonl of held-out rows: measure rows [0, prompts), calibrate on the next ones, "
-        "score ROUGE-L against their outputs (default: fresh embedded-task rows, exact match)",
-    )  # fmt: skip
-    gen.add_argument("--max-new-tokens", type=int, default=24)
-    gen.add_argument("--draft-exits", nargs="+", type=int, default=None, help="default: every exit below L")
-    gen.add_argument("--thresholds", nargs="+", type=float, default=None, help="default: calibrated")
-    gen.add_argument(
-        "--max-drop",
-        type=float,
-        default=0.01,
-        help="calibration's quality budget (exact match, or ROUGE-L with --data)",
-    )
-    gen.add_argument("--threads", type=int, default=None)
-    gen.add_argument(
-        "--ignore-eos", action="store_true", help="always generate --max-new-tokens (steady-state decoding)"
-    )
-    gen.add_argument(
-        "--batch-size", nargs="+", type=int, default=None,
-        help="a sweep of batch sizes (e.g. 1 4 16): HF generate, plain batched greedy, speculative, dynamic",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.command == "generate" and args.batch_size:
-        if any(b < 1 for b in args.batch_size):
-            parser.error("--batch-size takes batch sizes >= 1")
-        rows = bench_generate_batches(args)
-        print(_generate_header(args, argv))
+def run_train(cfg: BenchTrainConfig, argv: list[str]) -> None:
+    check_train(cfg)
+    rows = bench_train(cfg)
+    print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, {resolve_device(cfg.device)}, {cfg.dtype}, "
+          f"batch {cfg.batch} x {cfg.seq} tokens, half of them labels, forward + backward)")  # fmt: skip
+    print(format_table(rows, with_mfu=cfg.peak_tflops is not None))
+
+
+def run_generate(cfg: BenchGenerateConfig, argv: list[str]) -> None:
+    check_generate(cfg)
+    cli.quiet_transformers()
+    if cfg.batch_size:
+        rows = bench_generate_batches(cfg)
+        print(_generate_header(cfg, argv))
         print(format_batch_table(rows))
         return
-    if args.command == "generate":
-        rows, thresholds = bench_generate(args)
-        print(_generate_header(args, argv))
-        print(format_generate_table(rows, "rouge_l" if args.data else "exact_match"))
-        return
-    if any(k < 1 for k in args.exits):
-        parser.error("--exits takes exit-set sizes >= 1")
-    rows = bench_train(args)
-    print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, {args.device}, {args.dtype}, "
-          f"batch {args.batch} x {args.seq} tokens, half of them labels, forward + backward)")  # fmt: skip
-    print(format_table(rows, with_mfu=args.peak_tflops is not None))
+    rows, _ = bench_generate(cfg)
+    print(_generate_header(cfg, argv))
+    print(format_generate_table(rows, "rouge_l" if cfg.data else "exact_match"))
+
+
+COMMANDS = {"train": (BenchTrainConfig, run_train), "generate": (BenchGenerateConfig, run_generate)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_row"]:  # one row of bench train, in the fresh process _row_in_subprocess starts
+        print(json.dumps(run_row(**json.loads(argv[1]))))
+        return 0
+    if argv and argv[0] in COMMANDS:
+        config_type, body = COMMANDS[argv[0]]
+        return cli.run(lambda cfg: body(cfg, argv), config_type, argv[1:], config_type.__doc__)
+
+    def no_command() -> None:
+        given = f"unknown command {argv[0]!r}" if argv else "no command given"
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1) if argv else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise SortedNetError(f"{given}{hint}; use python -m sortednet.bench train|generate [key=value ...]")
+
+    return cli.guarded(no_command, argv, lambda: __doc__.strip())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,11 +17,18 @@ from sortednet import cli
 @dataclass
 class CalibrateConfig:
     ckpt: str = ""
+    """A .ckpt written by sortednet.train, or a directory written by sortednet.export or sortednet.consolidate."""
     max_drop: float = 0.01
+    """How far below the full model's exact match the chosen thresholds may fall, in [0, 1)."""
     data: str = "embedded"
+    """Held-out rows: an Alpaca-format .json/.jsonl file (output = reference), or embedded (fresh rows of the
+    embedded tasks, with a seed training did not use)."""
     prompts: int = 60
+    """How many rows (the first ones of data) to decode."""
     max_new_tokens: int = 32
+    """The most tokens generated per answer."""
     cache_dir: str | None = None
+    """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
 
 
 def calibrate_cli(cfg: CalibrateConfig) -> None:

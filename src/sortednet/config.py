@@ -21,6 +21,7 @@ class LoraConfig:
     alpha: float = 16.0
     """The update is scaled by alpha / rank."""
     dropout: float = 0.05
+    """Dropout on the adapters' input."""
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     """Names of the decoder layers' linears that get adapters (all attention and MLP projections by default)."""
 
@@ -37,6 +38,7 @@ class ModelConfig:
     """nf4: load the base weights in 4 bits (bitsandbytes, CUDA only) and train adapters on them (QLoRA;
     needs ``lora.rank`` >= 1). null: weights in ``dtype``."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (rank 0: none, every weight trains)."""
     architecture: dict[str, Any] | None = None
     """The checkpoint's Hugging Face config, for building it on the meta device without downloading
     (config tests and memory plans). Training always loads ``name_or_path``."""
@@ -61,7 +63,9 @@ class DataConfig:
     """Sequences per optimizer step over all devices; when set, ``trainer.accumulate_grad_batches`` is
     derived from it (global / (batch_size x devices x nodes), which must be a whole number)."""
     eval_batch_size: int = 32
+    """Examples per validation batch and device."""
     num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
     seed: int = 42
     """Seed of the train/validation split."""
 
@@ -90,6 +94,7 @@ class LossConfig:
     """none | rotational (a different window of exits each step) | gradual (shallower exits switched on
     one by one over the first ``ramp_fraction`` of training)."""
     ramp_fraction: float = 0.5
+    """gradual: the share of training over which the shallower exits are switched on."""
     seed: int = 0
     """Seed of the per-step exit sampling (the same on every rank)."""
 
@@ -124,14 +129,19 @@ class EvalConfig:
     num_generate: int = 100
     """Held-out validation examples answered greedily at each exit for the final table (0 to skip)."""
     max_new_tokens: int = 32
+    """The most tokens of each greedy answer in the final table."""
 
 
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to fine-tune (the ``model`` group)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The instruction data and its batches (the ``data`` group)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """What is trained: SoFT or a baseline (the ``objective`` group)."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """How each step weights and picks its exits (the ``loss`` group)."""
     exits: Any = "every_2"
     """Exit set: a list of layer counts such as [4, 8], or all | last | every_K | paper."""
     optimizer: Any = None
@@ -141,14 +151,18 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     """Final learning rate of the cosine schedule as a fraction of the peak."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    """How training is spread over devices (the ``strategy`` group)."""
     trainer: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of ``lightning.Trainer``, plus ``compile``: true runs every decoder layer through
     ``torch.compile`` (the multi-exit loss stays eager)."""
     logger: dict[str, Any] = field(default_factory=dict)
     """``kind`` (wandb | csv | none) + that logger's settings."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """The per-exit table printed at the end of a run."""
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    """The logged tokens/s, TFLOP/s and MFU."""
     seed: int = 42
+    """Seed of everything random in a run (initialisation of new heads, shuffling, dropout)."""
     ckpt_path: str | None = None
     """Resume from this Lightning checkpoint (model, optimizer, scheduler and step)."""
     cache_dir: str = "~/.cache/sortednet"

@@ -18,11 +18,6 @@ a consolidated ICT model it serves the full model (exit L) only — use the ``.c
 for a given exit) to decode with the ICT heads.
 
 DIR is built in a temporary sibling and renamed into place; an existing non-empty DIR is refused.
-
-ckpt      a .ckpt file or a distributed checkpoint directory written by sortednet.train
-out       the directory to create (absent or empty)
-dtype     the weights' dtype in DIR (default: as stored in the checkpoint)
-cache_dir where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)
 """
 
 from __future__ import annotations
@@ -46,9 +41,13 @@ EXIT_HEADS_FILE = "exit_heads.safetensors"
 @dataclass
 class ConsolidateConfig:
     ckpt: str = ""
+    """A .ckpt file or a distributed checkpoint directory written by sortednet.train."""
     out: str = ""
+    """The directory to create (absent or empty)."""
     dtype: str | None = None
+    """The weights' dtype in out: float32 | bfloat16 | float16; null keeps the checkpoint's."""
     cache_dir: str | None = None
+    """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
 
 
 def consolidate(cfg: ConsolidateConfig) -> Path:

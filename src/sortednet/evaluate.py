@@ -17,25 +17,6 @@ Suites (each writes CSV/JSON + PNG into the run directory `out` and prints a tab
   judge_agreement  no ckpt: the judge (judge=, or verdicts=FILE made elsewhere) on PandaLM's 999 human-labelled
             pairs in both orders, against the human majority, beside PandaLM-7B's published verdicts
             -> judge_agreement.csv/json/png, judge_agreement_verdicts.jsonl
-
-ckpt          a .ckpt of sortednet.train, a directory of sortednet.export/consolidate, or a list [A,B]
-names         one name per checkpoint (default: the file stem; for last.ckpt the run directory's name)
-exits         all (the checkpoint's exit set) or a list such as [2,4,8]
-out           the run directory (default outputs/eval/<date>/<time>); answer files in it are reused when
-              their recorded settings match; other results never overwrite (name-2.csv is written instead)
-data          loss: an Alpaca-format file or embedded (default); triviaqa: a TriviaQA file
-instructions  generate/pandalm/analysis/pareto: an Alpaca-format .json/.jsonl (output = reference), embedded
-              (the embedded validation split), default: PandaLM's test set in ~/.cache/sortednet/pandalm
-limit         use only the first N rows/instructions
-judge         pandalm, judge_agreement: a hub id or local HF causal LM directory (default WeOpenML/PandaLM-7B-v1)
-verdicts      judge_agreement: a JSON/JSONL file of {idx, verdict[, verdict_swapped]} (1, 2, 0/tie, null) instead
-              of running a judge; data= is PandaLM's testset-v1.json (default: in ~/.cache/sortednet/pandalm)
-pairs         pandalm: all | diagonal (same exit) | vs_last (every row vs the last column)
-tasks         lm_eval: lm-eval task names, e.g. [hellaswag,arc_easy] or tasks of include_path
-include_path  lm_eval: a directory of task YAML files (TaskManager(include_path=DIR))
-num_fewshot   lm_eval: few-shot examples per prompt (default: each task's own)
-wandb         a W&B project to log tables and images to (offline without credentials); an active
-              wandb.run is used without it
 """
 
 from __future__ import annotations
@@ -49,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sortednet import cli
 from sortednet.errors import SortedNetError
@@ -63,30 +45,60 @@ ANSWER_NEW_TOKENS, TRIVIAQA_NEW_TOKENS = 128, 24
 @dataclass
 class EvaluateConfig:
     suite: str = ""
-    ckpt: list[str] | str = ""
+    """loss | generate | pandalm | triviaqa | analysis | pareto | lm_eval | judge_agreement (see above)."""
+    ckpt: Any = ""
+    """A .ckpt of sortednet.train or a directory of sortednet.export/consolidate, or a list [A,B]."""
     names: list[str] | None = None
-    exits: list[int] | str = "all"
+    """One name per checkpoint (default: the file stem; for last.ckpt the run directory's name)."""
+    exits: Any = "all"
+    """all (the checkpoint's exit set) or a list such as [2,4,8]."""
     out: str | None = None
+    """The run directory (default outputs/eval/<date>/<time>); answer files in it are reused when their
+    recorded settings match; other results never overwrite (name-2.csv is written instead)."""
     data: str | None = None
+    """loss: an Alpaca-format file or embedded (default); triviaqa: a TriviaQA file; judge_agreement: PandaLM's
+    testset-v1.json (default: in ~/.cache/sortednet/pandalm)."""
     instructions: str | None = None
+    """generate/pandalm/analysis/pareto: an Alpaca-format .json/.jsonl (output = reference), embedded (the
+    embedded validation split); default: PandaLM's test set in ~/.cache/sortednet/pandalm."""
     limit: int | None = None
+    """Use only the first N rows/instructions; null: all of them."""
     max_new_tokens: int | None = None
+    """The most tokens per answer; null: 24 for triviaqa, 128 otherwise."""
     batch_size: int = 8
+    """Rows per forward pass or per batched generation."""
     max_length: int = 512
+    """loss: tokens per example (longer ones lose the end of their response)."""
     metric: str = "exact_match"
+    """pareto: the quality axis, exact_match | loss | pandalm."""
     judge: str = DEFAULT_JUDGE
+    """pandalm, judge_agreement: a hub id or local Hugging Face causal LM directory."""
     judge_dtype: str = "auto"
+    """The judge's dtype: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16."""
     judge_max_new_tokens: int = 64
+    """The most tokens of each judge verdict."""
     pairs: str = "all"
+    """pandalm: all | diagonal (same exit) | vs_last (every row vs the last column)."""
     answers: list[str] | None = None
+    """pandalm: two answer files [A.jsonl,B.jsonl] to judge instead of checkpoints' answers."""
     verdicts: str | None = None
+    """judge_agreement: a JSON/JSONL file of {idx, verdict[, verdict_swapped]} (1, 2, 0/tie, null) instead of
+    running a judge."""
     tasks: list[str] | None = None
+    """lm_eval: lm-eval task names, e.g. [hellaswag,arc_easy], or tasks of include_path."""
     include_path: str | None = None
+    """lm_eval: a directory of task YAML files (TaskManager(include_path=DIR))."""
     num_fewshot: int | None = None
+    """lm_eval: few-shot examples per prompt; null: each task's own."""
     positions: int = 20
+    """analysis: tokens of the reference's greedy continuation compared at each exit."""
     wandb: str | None = None
+    """A W&B project to log tables and images to (offline without credentials); an active wandb.run is used
+    without it."""
     device: str = "auto"
+    """auto (cuda when available) | cpu | cuda | cuda:N."""
     cache_dir: str | None = None
+    """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
 
 
 @dataclass
@@ -118,8 +130,7 @@ def check_settings(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
     if cfg.suite not in SUITES:
         given = f"unknown suite={cfg.suite!r}" if cfg.suite else "no suite given"
         raise SortedNetError(f"{given}; pass suite={'|'.join(SUITES)}")
-    paths = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
-    paths = [p for p in paths if p]
+    paths = [str(p) for p in (cfg.ckpt if isinstance(cfg.ckpt, list) else [cfg.ckpt]) if p not in ("", None)]
     if cfg.suite == "judge_agreement" and paths:
         raise SortedNetError("suite=judge_agreement judges PandaLM's labelled pairs, not a checkpoint; drop ckpt=")
     if cfg.verdicts is not None and cfg.suite != "judge_agreement":
@@ -144,7 +155,9 @@ def check_settings(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
         raise SortedNetError(f"names {bad} must be letters, digits and . _ + - only (they become file names)")
     if len(set(names)) != len(names):
         raise SortedNetError(f"checkpoint names {names} repeat; pass names=[a,b,...] with distinct names")
-    if isinstance(cfg.exits, str) and cfg.exits != "all" and not cfg.exits.strip().isdigit():
+    if isinstance(cfg.exits, int) and not isinstance(cfg.exits, bool):
+        cfg.exits = [cfg.exits]
+    if cfg.exits != "all" and not (isinstance(cfg.exits, list) and all(type(e) is int for e in cfg.exits)):
         raise SortedNetError(f"exits={cfg.exits!r}; pass exits=all or a list such as exits=[2,4,8]")
     if cfg.metric not in ("exact_match", "loss", "pandalm"):
         raise SortedNetError(f"unknown metric={cfg.metric!r}; use exact_match, loss or pandalm")
@@ -178,7 +191,7 @@ def requested_exits(cfg: EvaluateConfig, meta: dict, name: str) -> list[int]:
     available = [int(e) for e in meta["exits"]]
     if cfg.exits == "all":
         return available
-    wanted = [int(cfg.exits)] if isinstance(cfg.exits, str) else list(cfg.exits)
+    wanted = list(cfg.exits)
     missing = [e for e in wanted if e not in available]
     if missing:
         raise SortedNetError(f"exits {missing} are not exits of {name} ({meta['source']}); its exits are {available}")

@@ -14,12 +14,6 @@ With ``adapter=true`` (a LoRA checkpoint, no ``exit``) DIR gets PEFT's own ``ada
 ``adapter_model.safetensors``, with ``base_model_name_or_path`` the run's base model (the local directory for
 ``embedded``): ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), DIR)`` is exit L of the
 run, with no sortednet code; so are vLLM's and the hub's LoRA loaders.
-
-ckpt    a .ckpt written by sortednet.train (or a directory written by this command)
-exit    the layer count K of the sub-model, in [1, L]
-out     the directory to create (absent or empty)
-dtype   float32 (default) | bfloat16 | float16
-adapter true: write the adapters of a LoRA checkpoint as a PEFT adapter directory instead of a model
 """
 
 from __future__ import annotations
@@ -45,11 +39,17 @@ from sortednet.model import SortedLM, _set_layer_count
 @dataclass
 class ExportConfig:
     ckpt: str = ""
+    """A .ckpt written by sortednet.train (or a directory written by this command)."""
     exit: int | None = None
+    """The layer count K of the sub-model, in [1, L]."""
     out: str = ""
+    """The directory to create (absent or empty)."""
     dtype: str = "float32"
+    """The weights' dtype in out: float32 | bfloat16 | float16."""
     adapter: bool = False
+    """true: write the adapters of a LoRA checkpoint as a PEFT adapter directory instead of a model."""
     cache_dir: str | None = None
+    """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
 
 
 def _module_name(root: nn.Module, target: nn.Module) -> str:

@@ -3,20 +3,6 @@
 stdout carries only the generated text: streamed token by token with batch_size=1, each answer followed
 by a newline, and answers to a prompts file separated by one blank line — so two runs can be diffed.
 Timings (tokens/s per prompt), the latency profile and decoding statistics go to stderr.
-
-ckpt                  a .ckpt written by sortednet.train, or a directory written by sortednet.export
-exit                  the exit K (a layer count in [1, L]; default L), or auto (with latency_ms_per_token)
-prompt / input        one instruction (and its optional Alpaca input)
-prompts               a file of instructions: .txt (one per line, blank lines skipped) or Alpaca-format
-                      .json / .jsonl (instruction, optional input)
-max_new_tokens        128
-do_sample             false: greedy; true: sampling with temperature and top_p (no top-k), seeded by seed
-batch_size            1 streams; more decode that many prompts together (every mode)
-mode                  exit | speculative (draft_exit=E drafts, the full model verifies) | dynamic
-                      (thresholds=[...], one per exit of the checkpoint's exit set below L)
-latency_ms_per_token  with exit=auto: the deepest exit whose measured ms/token fits (profile cached in
-                      <ckpt>.latency.json, per device and thread count)
-device                auto (cuda when available) | cpu | cuda | cuda:N
 """
 
 from __future__ import annotations
@@ -45,22 +31,44 @@ PROFILE_INSTRUCTION = "Write one sentence about the weather."
 @dataclass
 class GenerateConfig:
     ckpt: str = ""
+    """A .ckpt written by sortednet.train, or a directory written by sortednet.export or sortednet.consolidate."""
     exit: int | str | None = None
+    """The exit K (a layer count in [1, L]), or auto (the deepest exit within latency_ms_per_token);
+    null: L, the full model."""
     prompt: str | None = None
+    """One instruction, taken verbatim (commas, colons and brackets included)."""
     input: str = ""
+    """The instruction's optional Alpaca input."""
     prompts: str | None = None
+    """A file of instructions instead of prompt: .txt (one per line, blank lines skipped) or Alpaca-format
+    .json / .jsonl (instruction, optional input)."""
     max_new_tokens: int = 128
+    """The most tokens generated per answer."""
     do_sample: bool = False
+    """false: greedy; true: sampling with temperature and top_p (no top-k), seeded by seed."""
     temperature: float = 1.0
+    """Sampling temperature (> 0; with do_sample=true)."""
     top_p: float = 1.0
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p, in (0, 1]."""
     seed: int = 0
+    """Seed of the sampling."""
     batch_size: int = 1
+    """1 streams the text; more decode that many prompts together (every mode)."""
     mode: str = "exit"
+    """exit (one sub-model) | speculative (draft_exit drafts, the full model verifies) | dynamic (each token
+    leaves at the first exit whose confidence reaches its threshold)."""
     draft_exit: int | None = None
+    """mode=speculative: the exit E < L that drafts the tokens."""
     thresholds: list[float] | None = None
+    """mode=dynamic: one confidence threshold in (0, 1] per exit of the checkpoint's exit set below L
+    (sortednet.calibrate picks them)."""
     latency_ms_per_token: float | None = None
+    """exit=auto: the budget in ms per token; the profile is measured once and cached in
+    <ckpt>.latency.json, per device and thread count."""
     device: str = "auto"
+    """auto (cuda when available) | cpu | cuda | cuda:N."""
     cache_dir: str | None = None
+    """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
 
 
 class TextStream(BaseStreamer):

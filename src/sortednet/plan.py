@@ -1,5 +1,8 @@
-"""`python -m sortednet.plan [training overrides] [plan.KEY=VALUE]`: per-GPU memory and step time of a run
+"""`python -m sortednet.plan [training overrides] [plan.KEY=VALUE ...]`: per-GPU memory and step time of a run
 under FSDP over N devices, from the real config and the model built on the meta device (no weights).
+
+Every argument but the ``plan.*`` keys is a training override, exactly as ``python -m sortednet.train`` takes
+it (``experiment=soft_13b trainer.devices=8 data.batch_size=4``), composed from the same configs.
 
 Memory per GPU (bytes; P parameters, P_t trainable, N devices):
   params      P x master bytes / N (the model's dtype: fp32 master weights under bf16-mixed)
@@ -17,8 +20,9 @@ Step time: analytic FLOPs of the step (sortednet.flops) over N x peak x MFU.
 
 from __future__ import annotations
 
+import difflib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -38,6 +42,14 @@ class PlanConfig:
     """Peak TFLOP/s of one GPU at the compute dtype (A100 bf16: 312)."""
     response_fraction: float = 0.5
     """Share of a sequence's tokens that are response labels (the loss rows)."""
+
+
+@dataclass
+class PlanArgs:
+    """The command line's own keys (every other argument is a training override)."""
+
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """What the plan assumes beyond the training config."""
 
 
 def compose(overrides: list[str]):
@@ -161,32 +173,62 @@ def check_plan(settings: PlanConfig) -> None:
         raise SortedNetError(f"plan.peak_tflops={settings.peak_tflops} must be > 0 (A100 bf16: plan.peak_tflops=312)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+def training_options() -> dict[str, list[str]]:
+    """The training config groups (``experiment``, ``objective``, ...) and their options, from the package's configs."""
+    found = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONF.iterdir()) if d.is_dir()}
+    return {name: options for name, options in found.items() if options and name != "hydra"}
 
+
+def help_text() -> str:
+    from sortednet import cli
+    from sortednet.config import TrainConfig
+
+    groups = "\n".join(f"  {name}={'|'.join(options)}" for name, options in training_options().items())
+    return (
+        f"{cli.usage(__doc__, PlanArgs)}\n\ntraining groups:\n{groups}\n\n"
+        f"training keys (as python -m sortednet.train takes them):\n{cli.describe(TrainConfig)}"
+    )
+
+
+def compose_checked(overrides: list[str]):
+    """:func:`compose`, with Hydra's and OmegaConf's refusals as one-line errors that name the key."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException, ValidationError
+
+    from sortednet import cli
+    from sortednet.config import TrainConfig
+
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        cause, lines = error.__cause__, str(error).split("\nConfig search path")[0].splitlines()
+        key = getattr(cause, "full_key", None)
+        keys = cli.config_keys(TrainConfig)
+        if isinstance(cause, ValidationError) and key in keys:
+            text = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), "")
+            raise cli.wrong_type(key, text, keys[key].type) from error
+        message = " ".join(line.strip() for line in lines if "To append" not in line).rstrip(".")
+        if isinstance(cause, ConfigAttributeError) and key:
+            close = difflib.get_close_matches(key, [*keys, *training_options()], n=3, cutoff=0.6)
+            message += ": not a training setting" + (f"; did you mean {' or '.join(close)}?" if close else "")
+        raise SortedNetError(f"{message}; python -m sortednet.plan --help lists the training keys") from error
+
+
+def main(argv: list[str] | None = None) -> int:
     from sortednet import cli
     from sortednet.preflight import check_settings
 
-    args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in args):
-        keys = cli.describe(PlanConfig).replace("  ", "  plan.", 1).replace("\n  ", "\n  plan.")
-        print(f"{__doc__.strip()}\n\nusage: python -m sortednet.plan [training overrides] [plan.KEY=VALUE]\n{keys}")
-        return 0
-    try:
-        settings = cli.parse_overrides([a.removeprefix("plan.") for a in args if a.startswith("plan.")], PlanConfig)
+    args = list(sys.argv[1:] if argv is None else argv)
+    own = [a.partition("=")[0].split(".")[0] == "plan" for a in args]
+
+    def run() -> None:
+        settings = cli.parse([a for a, mine in zip(args, own, strict=True) if mine], PlanArgs).plan
         check_plan(settings)
-        try:
-            cfg = compose([a for a in args if not a.startswith("plan.")])
-        except (HydraException, OmegaConfBaseException) as error:  # unknown keys, groups or values
-            first = str(error).splitlines()[0].rstrip(".")
-            raise SortedNetError(f"{first}: not a training setting; see python -m sortednet.train --help") from error
+        cfg = compose_checked([a for a, mine in zip(args, own, strict=True) if not mine])
         check_settings(cfg)
         print(format_plan(plan(cfg, settings), settings))
-    except SortedNetError as error:
-        print(f"sortednet: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.guarded(run, args, help_text)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from sortednet.data.embedded import COLORS, WORDS, make_rows
+from sortednet.embedded import COLORS, WORDS, make_rows
 from sortednet.eval.generation import read_instructions
 from sortednet.eval.pandalm import build_prompt, parse_verdict
 

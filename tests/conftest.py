@@ -11,6 +11,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import absl.logging
@@ -18,7 +19,7 @@ import pytest
 import torch
 import tqdm
 
-from sortednet.data.embedded import materialise
+from sortednet.embedded import materialise
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -88,7 +89,7 @@ def chat_tokenizer(adds_bos: bool):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sortednet.data.embedded import make_rows
+    from sortednet.embedded import make_rows
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -169,7 +170,10 @@ def train_in_process(argv: list[str], capsys) -> tuple[int, str]:
     saved = sys.argv
     sys.argv = ["sortednet.train", *argv]
     try:
-        runpy.run_module("sortednet.train", run_name="__main__")
+        with warnings.catch_warnings():  # the run's own warning filters end with it
+            # runpy's note that sortednet.train was imported before (by an earlier test) is no news here
+            warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+            runpy.run_module("sortednet.train", run_name="__main__")
         code = 0
     except SystemExit as exit_:
         code = exit_.code

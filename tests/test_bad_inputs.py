@@ -16,7 +16,7 @@ import pytest
 from conftest import save_checkpoint, train_in_process
 from sortednet import calibrate, consolidate, evaluate, export, generate, plan
 from sortednet.config import ModelConfig, ObjectiveConfig
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 
 READ_ONLY = "/sys/sortednet-test/out"  # not writable even by root: sysfs refuses new entries
 

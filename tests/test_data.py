@@ -13,16 +13,15 @@ import torch
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import (
     Collator,
-    check_rows,
     load_tokenized,
     pad_id,
-    read_rows,
     split,
     tokenize_rows,
 )
 from sortednet.data.datamodule import AlpacaDataModule
-from sortednet.data.embedded import TASKS, make_rows, materialise
 from sortednet.data.prompts import ALPACA, get_prompt_style
+from sortednet.data.rows import check_rows, read_rows
+from sortednet.embedded import TASKS, make_rows, materialise
 from sortednet.errors import SortedNetError
 from sortednet.loss import IGNORE_INDEX
 
@@ -30,6 +29,7 @@ from sortednet.loss import IGNORE_INDEX
 # session, and their tokenizer (adds BOS, eos "</s>", no pad token).
 
 LOGGER = "sortednet.data.alpaca"
+ROWS_LOGGER = "sortednet.data.rows"  # check_rows' warnings
 
 ROWS = [
     {"instruction": "Repeat the words exactly.", "input": "apple river", "output": "apple river"},
@@ -293,10 +293,10 @@ def test_empty_outputs_are_dropped_with_warning(caplog):
         {"instruction": "b", "output": " \n\t"},
         {**GOOD, "output": "yo"},
     ]
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.WARNING, logger=ROWS_LOGGER):
         kept = check_rows(rows, "data.json")
     assert [r["output"] for r in kept] == ["hi", "yo"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == ROWS_LOGGER and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "dropped 2 rows of data.json" in warnings[0] and "[1, 2]" in warnings[0]
 

@@ -18,7 +18,7 @@ from conftest import save_checkpoint, save_tiny
 from sortednet import evaluate
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 from sortednet.eval.exits import greedy_answers, greedy_ids
 from sortednet.eval.pareto import pareto_frontier, pareto_table
 from sortednet.inference.load import load_sorted, prompt_style_of

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import csv_metrics, rows_of_very_different_lengths, run_cli, succeeded, train_in_process
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 
 # 12 rows, 4 held out: the 8 training rows are one step of the global batch (8 x 1 process, 4 x 2 processes),
 # so every step sees the same examples in both runs whatever the samplers' order.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import CHATML, chat_tokenizer, run_module
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
 from sortednet.hub import load_causal_lm, load_config, load_tokenizer
 from sortednet.inference.load import load_sorted

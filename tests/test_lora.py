@@ -12,7 +12,7 @@ import torch
 from conftest import run_checkpoint, run_cli, save_checkpoint, succeeded, train_in_process
 from sortednet import export
 from sortednet.config import LoraConfig, ModelConfig, ObjectiveConfig
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
 from sortednet.hub import load_causal_lm
 from sortednet.inference.load import load_sorted

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import csv_metrics, run_cli, succeeded, train_in_process
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
 from sortednet.optim import adamw8bit, check, paged_adamw8bit
 

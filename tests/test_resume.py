@@ -17,7 +17,7 @@ import torch
 
 from conftest import cli_command, cli_env, csv_metrics, run_cli, succeeded
 from sortednet.data.datamodule import GlobalOrderSampler
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
 
 # 32 train rows at batch 8: 4 steps an epoch; the cpu trainer validates (and writes last.ckpt) after steps 2 and

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import csv_metrics, run_checkpoint, run_cli, save_tiny, succeeded
-from sortednet.data.embedded import make_rows
+from sortednet.embedded import make_rows
 
 SMALL = ["data.val_size=8", "data.batch_size=8", "data.eval_batch_size=8", "eval.num_generate=4"]
 

@@ -251,11 +251,11 @@ def format_table(rows: list[dict], with_mfu: bool) -> str:
 def _bench_rows(data: str | None, n: int) -> tuple[list[dict], list[dict]]:
     """Rows to measure and rows to calibrate on, ``n`` each and disjoint: fresh rows of the embedded task
     families (seeds the training data did not use), or rows ``[0, n)`` and ``[n, 2n)`` of an Alpaca file."""
-    from sortednet.data.embedded import make_rows
+    from sortednet.embedded import make_rows
 
     if data is None:
         return make_rows(n, seed=1), make_rows(n, seed=2)
-    from sortednet.data.alpaca import check_rows, read_rows
+    from sortednet.data.rows import check_rows, read_rows
 
     rows = check_rows(read_rows(data), data)
     if len(rows) < 2 * n:

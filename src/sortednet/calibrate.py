@@ -32,8 +32,8 @@ class CalibrateConfig:
 
 
 def calibrate_cli(cfg: CalibrateConfig) -> None:
-    from sortednet.data.alpaca import check_rows, read_rows
-    from sortednet.data.embedded import make_rows
+    from sortednet.data.rows import check_rows, read_rows
+    from sortednet.embedded import make_rows
     from sortednet.errors import SortedNetError
     from sortednet.inference.calibrate import calibrate
     from sortednet.inference.load import load_sorted, prompt_style_of

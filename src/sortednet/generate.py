@@ -163,7 +163,7 @@ def check_settings(cfg: GenerateConfig) -> None:
 
 def read_prompts(path: str) -> list[tuple[str, str]]:
     """(instruction, input) pairs from a .txt file (one instruction per line) or an Alpaca .json/.jsonl file."""
-    from sortednet.data.alpaca import read_rows
+    from sortednet.data.rows import read_rows
     from sortednet.io import read_text
 
     file = Path(path).expanduser()

@@ -1,6 +1,6 @@
 """Loading models and tokenizers from a hub id, a local directory or a GGUF file, with one-line errors.
 
-The name ``embedded`` stands for the tiny model and tokenizer that :mod:`sortednet.data.embedded`
+The name ``embedded`` stands for the tiny model and tokenizer that :mod:`sortednet.embedded`
 writes under the cache directory; they are then loaded like any other local checkpoint.
 
 A path ending in ``.gguf`` (llama.cpp's format) is read by transformers' own GGUF loader: config, tokenizer
@@ -33,7 +33,7 @@ def resolve(name_or_path: str, part: str, cache_dir: str | os.PathLike | None = 
     """The local path behind ``embedded`` (``part`` is ``model``, ``tokenizer`` or ``data.json``), else as given."""
     if name_or_path != EMBEDDED:
         return name_or_path
-    from sortednet.data.embedded import materialise
+    from sortednet.embedded import materialise
 
     return str(materialise(cache_dir or default_cache_dir()) / part)
 
@@ -138,8 +138,6 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None, qu
     path = resolve(name_or_path, "model", cache_dir)
     extra = {}
     if quantization is not None:
-        from sortednet.lora import check_quantization, nf4_config
-
         check_quantization(quantization, 1, torch.cuda.is_available())
         compute = DTYPES[dtype] if DTYPES[dtype] != torch.float32 else torch.bfloat16
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -176,3 +174,44 @@ def causal_lm_from_config(architecture, dtype: str = "float32", device: str | to
     config = AutoConfig.for_model(**architecture) if isinstance(architecture, dict) else architecture
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+
+
+# ---------------------------------------------------------------- 4-bit base weights (QLoRA)
+
+QUANTIZATIONS = ("nf4",)
+
+
+def nf4_config(compute_dtype: torch.dtype = torch.bfloat16):
+    """The QLoRA paper's quantization: 4-bit NormalFloat with double quantization, bf16 compute."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise SortedNetError(
+            "model.quantization=nf4 needs bitsandbytes, which is not installed; pip install 'sortednet[bnb]'"
+        ) from error
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def check_quantization(quantization: str | None, lora_rank: int, cuda: bool) -> None:
+    """One-line errors for a quantization setting that cannot train here."""
+    if quantization is None:
+        return
+    if quantization not in QUANTIZATIONS:
+        raise SortedNetError(f"unknown model.quantization={quantization!r}; use nf4 (4-bit QLoRA) or null")
+    if lora_rank < 1:
+        raise SortedNetError(
+            "model.quantization=nf4 freezes the base weights in 4 bits, so only adapters can train; "
+            "add model.lora.rank=16 (QLoRA)"
+        )
+    if not cuda:
+        raise SortedNetError(
+            "model.quantization=nf4 loads the weights with bitsandbytes' 4-bit CUDA kernels and no CUDA device "
+            "is visible; run on a GPU or drop model.quantization"
+        )

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import netrc
-import os
 from pathlib import Path
 
 from sortednet.errors import SortedNetError
-
-
-def wandb_credentials() -> bool:
-    """Whether W&B can log online: an API key in the environment or in ~/.netrc (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+from sortednet.tracking import wandb_credentials
 
 
 def build_logger(settings: dict, run_dir: str, name: str, group: str | None, config: dict):

@@ -1,4 +1,4 @@
-"""Low-rank adapters (LoRA) through PEFT on a causal LM's decoder linears, and 4-bit (NF4) base weights for QLoRA.
+"""Low-rank adapters (LoRA) through PEFT on a causal LM's decoder linears (QLoRA's 4-bit base: :mod:`sortednet.hub`).
 
 ``add_lora_(lm, settings)`` calls ``peft.get_peft_model``, which replaces every target linear of ``lm`` *in
 place* by a PEFT LoRA layer (``y = base(x) + (alpha / rank) * B(A(dropout(x)))``, ``B`` zero at the start) and
@@ -25,7 +25,6 @@ from torch import nn
 from sortednet.config import LoraConfig
 from sortednet.errors import SortedNetError
 
-QUANTIZATIONS = ("nf4",)
 ADAPTER_KEYS = (".lora_A.", ".lora_B.")
 
 
@@ -82,39 +81,3 @@ def adapted_base(adapters: dict[str, torch.Tensor], meta: dict, source: str, cac
         )
     lm.load_state_dict(adapters, strict=False)
     return peft_model
-
-
-def nf4_config(compute_dtype: torch.dtype = torch.bfloat16):
-    """The QLoRA paper's quantization: 4-bit NormalFloat with double quantization, bf16 compute."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise SortedNetError(
-            "model.quantization=nf4 needs bitsandbytes, which is not installed; pip install 'sortednet[bnb]'"
-        ) from error
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
-
-
-def check_quantization(quantization: str | None, lora_rank: int, cuda: bool) -> None:
-    """One-line errors for a quantization setting that cannot train here."""
-    if quantization is None:
-        return
-    if quantization not in QUANTIZATIONS:
-        raise SortedNetError(f"unknown model.quantization={quantization!r}; use nf4 (4-bit QLoRA) or null")
-    if lora_rank < 1:
-        raise SortedNetError(
-            "model.quantization=nf4 freezes the base weights in 4 bits, so only adapters can train; "
-            "add model.lora.rank=16 (QLoRA)"
-        )
-    if not cuda:
-        raise SortedNetError(
-            "model.quantization=nf4 loads the weights with bitsandbytes' 4-bit CUDA kernels and no CUDA device "
-            "is visible; run on a GPU or drop model.quantization"
-        )

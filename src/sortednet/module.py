@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from sortednet.checkpoint import read_metadata, read_sorted_checkpoint
+from sortednet.compat import non_persistent_buffer_names
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
@@ -309,7 +310,7 @@ def _rebuild_non_persistent_buffers(module: torch.nn.Module, device: torch.devic
     """Recompute buffers that are not in the state dict (rotary ``inv_freq``), which ``to_empty`` left as
     garbage, by constructing their modules afresh from the model config."""
     for sub in module.modules():
-        names = [n for n in getattr(sub, "_non_persistent_buffers_set", ()) if getattr(sub, n, None) is not None]
+        names = non_persistent_buffer_names(sub)
         if not names:
             continue
         if not hasattr(sub, "config"):

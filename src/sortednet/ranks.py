@@ -25,14 +25,11 @@ import sys
 import threading
 import time
 
+from sortednet.compat import launched_rank_processes
+
 POLL_S = 1.0
 PEER_DEATH_S = 1.0  # a dead peer's sockets close a moment before the kernel reports its death: wait that long
 CHILD_EXIT_S = 120  # a finished child only tears down; one that takes longer is stuck
-
-
-def _children(trainer) -> list[subprocess.Popen]:
-    """The rank processes this process started (rank 0 under Lightning's subprocess launcher), else []."""
-    return getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
 
 
 def _is_lightning_child() -> bool:
@@ -70,7 +67,7 @@ def _wait_for(process: subprocess.Popen, rank: int, trainer, stop: threading.Eve
     # every 5 s) SIGKILLs it without a word. Popen's wait lock makes the observer's poll() return None meanwhile.
     process.wait()
     if process.returncode and not stop.is_set():
-        _kill(_children(trainer))
+        _kill(launched_rank_processes(trainer))
         _stop(_child_failed(rank, process))
 
 
@@ -79,7 +76,7 @@ def _watch(trainer, stop: threading.Event, parent: int | None) -> None:
     while not stop.wait(POLL_S):
         if parent is not None and os.getppid() != parent:
             _stop(_rank0_gone(parent))
-        for index, process in enumerate(_children(trainer), 1):  # Lightning starts them inside fit
+        for index, process in enumerate(launched_rank_processes(trainer), 1):  # Lightning starts them inside fit
             if process.pid not in waited:
                 waited.add(process.pid)
                 args = (process, index, trainer, stop)
@@ -95,10 +92,10 @@ def _dead_peer(trainer, parent: int | None) -> str | None:
     while True:
         if parent is not None and os.getppid() != parent:
             return _rank0_gone(parent)
-        for index, process in enumerate(_children(trainer), 1):
+        for index, process in enumerate(launched_rank_processes(trainer), 1):
             if process.returncode:  # set by its _wait_for thread (poll() here would return None: it holds the lock)
                 return _child_failed(index, process)
-        if time.monotonic() > deadline or (parent is None and not _children(trainer)):
+        if time.monotonic() > deadline or (parent is None and not launched_rank_processes(trainer)):
             return None
         time.sleep(0.05)
 
@@ -116,14 +113,14 @@ def watched(trainer):
         yield
     except BaseException:
         dead = _dead_peer(trainer, parent)
-        _kill(_children(trainer))  # they would wait for this rank in their next collective
+        _kill(launched_rank_processes(trainer))  # they would wait for this rank in their next collective
         if dead:
             _stop(dead)
         raise
     finally:
         stop.set()
         watchdog.join()
-        children = _children(trainer)
+        children = launched_rank_processes(trainer)
         for process in children:
             try:
                 process.wait(timeout=CHILD_EXIT_S)

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict, read_write
 
+from sortednet.compat import spawns_ranks_by_rerunning_the_script
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
 from sortednet.rundir import save_run_config
@@ -149,20 +150,6 @@ _SWEEP_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "h
 _SWEEP_ONLY += ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name")
 
 
-def _spawns_ranks(trainer) -> bool:
-    """Whether ``trainer.fit`` will start the other ranks itself by re-running this command line (Lightning's
-    subprocess launcher: ddp/fsdp with several devices and no SLURM/torchrun/... environment that started them)."""
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    strategy = trainer.strategy
-    environment = getattr(strategy, "cluster_environment", None)
-    return (
-        isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
-        and environment is not None
-        and not environment.creates_processes_externally
-    )
-
-
 @contextlib.contextmanager
 def one_job_ranks(trainer):
     """Make a multi-process strategy safe inside a local Hydra sweep (``-m``), for the duration of one job.
@@ -180,7 +167,11 @@ def one_job_ranks(trainer):
     Under a launcher that starts one task per device itself (submitit/SLURM, torchrun), Lightning does not
     re-launch anything and this is a no-op; so is a single-process run or a non-sweep run.
     """
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or not _spawns_ranks(trainer):
+    if (
+        not HydraConfig.initialized()
+        or HydraConfig.get().mode != RunMode.MULTIRUN
+        or not spawns_ranks_by_rerunning_the_script(trainer.strategy)
+    ):
         yield
         return
     hydra_cfg = HydraConfig.get()

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from sortednet.compat import rebuild_train_loader
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import Collator, load_tokenized, pad_id, split
 from sortednet.hub import default_cache_dir, resolve
@@ -171,7 +172,7 @@ class AlpacaDataModule(L.LightningDataModule):
             self.train_sampler.load_state_dict(self.restored_position)
             # Its iterator already read a batch from the old position: have Lightning build the loader again
             # (fit starts with setup_data, which rebuilds when there is none).
-            self.trainer.fit_loop._combined_loader = None
+            rebuild_train_loader(self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

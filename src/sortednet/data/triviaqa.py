@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sortednet.data.alpaca import read_rows
+from sortednet.data.rows import read_rows
 from sortednet.errors import SortedNetError
 
 DEFAULT_HUB_ID = "mandarjoshi/trivia_qa"

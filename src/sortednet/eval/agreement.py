@@ -47,7 +47,7 @@ def _label(value, where: str) -> str | None:
 
 
 def _read_json_records(path: Path, what: str) -> list[dict]:
-    from sortednet.data.alpaca import json_lines
+    from sortednet.data.rows import json_lines
 
     if not path.is_file():
         raise SortedNetError(f"{what} {str(path)!r} not found")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from sortednet.data.alpaca import json_lines
+from sortednet.data.rows import json_lines
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import exact_match, greedy_ids
 from sortednet.io import write_text_atomically
@@ -52,7 +52,7 @@ def read_instructions(path: str | None, limit: int | None = None, cache_dir=None
     """Items ``{"instruction", "input"[, "reference"]}`` from an Alpaca-format .json/.jsonl file (``output``, if
     present, is the reference), ``embedded`` (the embedded set's validation split) or, for ``None``, PandaLM's
     test set in the cache."""
-    from sortednet.data.alpaca import read_rows
+    from sortednet.data.rows import read_rows
 
     if path == EMBEDDED:
         rows = _embedded_validation_rows(cache_dir)
@@ -91,7 +91,8 @@ def read_instructions(path: str | None, limit: int | None = None, cache_dir=None
 def _embedded_validation_rows(cache_dir) -> list[dict]:
     """The rows of the embedded data set that training holds out (default split settings)."""
     from sortednet.config import DataConfig
-    from sortednet.data.alpaca import check_rows, read_rows, split
+    from sortednet.data.alpaca import split
+    from sortednet.data.rows import check_rows, read_rows
     from sortednet.hub import resolve
 
     path = resolve(EMBEDDED, "data.json", cache_dir)

@@ -10,7 +10,9 @@ import math
 
 import torch
 
-from sortednet.data.alpaca import Collator, check_rows, pad_id, tokenize_rows
+from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
+from sortednet.data.rows import check_rows
+from sortednet.data.triviaqa import training_rows  # TriviaQA files become question -> answer rows, as in training
 from sortednet.loss import count_labels
 
 EMBEDDED = "embedded"
@@ -31,10 +33,6 @@ def validation_rows(
         module.setup()
         columns = module.val_rows.select_columns(["input_ids", "labels"]).to_dict()
     else:
-        from sortednet.data.triviaqa import (
-            training_rows,
-        )  # TriviaQA files become question -> answer rows, as in training
-
         rows = check_rows(training_rows(data), data)
         columns = tokenize_rows(rows, tokenizer, prompt_style, max_length, mask_prompt=True)
     rows = [

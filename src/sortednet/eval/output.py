@@ -155,7 +155,7 @@ def start_wandb(project: str | None, run_dir: Path, name: str, config: dict):
         return (getattr(wandb, "run", None), False) if wandb is not None else (None, False)
     import wandb
 
-    from sortednet.loggers import wandb_credentials
+    from sortednet.tracking import wandb_credentials
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials() else "offline")
     run = wandb.init(project=project, name=name, dir=str(run_dir), config=config, job_type="evaluate", mode=mode)

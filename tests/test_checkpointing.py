@@ -114,7 +114,7 @@ def test_a_refused_directory_is_left_as_it_was(tmp_path):
     out.chmod(0o750)
     write_dir_atomically(out, _write_shards("new"), if_exists="refuse")  # an empty directory is filled
     assert (out / "meta.pt").read_text() == "new" and (out.stat().st_mode & 0o777) == 0o750
-    with pytest.raises(SortedNetError, match="appeared while it was written; nothing was written there"):
+    with pytest.raises(SortedNetError, match=r"out=.* appeared while it was written; nothing was written there"):
         write_dir_atomically(out, _write_shards("other"), if_exists="refuse")
     assert (out / "meta.pt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -51,7 +51,9 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> None:
     write_file_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_dir_atomically(target: str | os.PathLike, write: Callable[[Path], None], *, if_exists: IfExists) -> None:
+def write_dir_atomically(
+    target: str | os.PathLike, write: Callable[[Path], None], *, if_exists: IfExists, key: str = "out"
+) -> None:
     """Build the directory ``target`` through ``write(tmp)`` in a temporary sibling, then put it in place.
 
     ``if_exists`` says what happens to a ``target`` that exists by then:
@@ -59,11 +61,12 @@ def write_dir_atomically(target: str | os.PathLike, write: Callable[[Path], None
     - ``"replace"`` (checkpoints): the new directory takes its place (:func:`replace_dir`).
     - ``"keep"`` (caches that any process may build): another process finished it first; theirs is kept and
       this one dropped. An empty ``target`` is replaced.
-    - ``"refuse"`` (a user's ``out=``): a one-line error unless ``target`` is absent or an empty directory,
-      which keeps its permissions. Check first with :func:`check_new_dir`, before any work.
+    - ``"refuse"`` (a user's ``out=``): a one-line error, naming the user's ``key``, unless ``target`` is absent
+      or an empty directory (which keeps its permissions). Check first with :func:`check_new_dir`, before any
+      work.
     """
     target = Path(target)
-    tmp = _temporary_dir(target, refusing=if_exists == "refuse")
+    tmp = _temporary_dir(target, key if if_exists == "refuse" else None)
     try:
         # mkdtemp's 0700 would otherwise become the directory's mode; an empty target keeps the mode it has
         keeps_mode = if_exists == "refuse" and target.is_dir()
@@ -82,28 +85,30 @@ def write_dir_atomically(target: str | os.PathLike, write: Callable[[Path], None
                 if not target.exists():
                     raise
         else:
-            _rename_into_empty(tmp, target)
+            _rename_into_empty(tmp, target, key)
         _fsync(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _temporary_dir(target: Path, refusing: bool) -> Path:
+def _temporary_dir(target: Path, key: str | None) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as error:
-        if not refusing:
+        if key is None:
             raise
         from sortednet.errors import SortedNetError
 
-        raise SortedNetError(f"cannot create {str(target)!r} ({error.strerror}); pick a writable directory") from error
+        raise SortedNetError(
+            f"cannot create {key}={str(target)!r} ({error.strerror}); pick a writable {key}=DIR"
+        ) from error
 
 
-def _rename_into_empty(tmp: Path, target: Path) -> None:
+def _rename_into_empty(tmp: Path, target: Path, key: str) -> None:
     from sortednet.errors import SortedNetError
 
-    appeared = SortedNetError(f"{str(target)!r} appeared while it was written; nothing was written there")
+    appeared = SortedNetError(f"{key}={str(target)!r} appeared while it was written; nothing was written there")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise appeared
     try:

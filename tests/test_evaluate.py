@@ -211,7 +211,7 @@ def test_pareto_suite_measures_cost_and_scores_exact_match(ckpts, rows_file, tmp
 
 def test_pareto_suite_on_loss_with_recorded_costs(ckpts, rows_file, tmp_path, capsys):
     """Costs come from the latency profile cached beside each checkpoint (here written by the test)."""
-    from sortednet.generate import PROFILE_REPEATS, PROFILE_TOKENS, device_key
+    from sortednet.inference.latency import PROFILE_REPEATS, PROFILE_TOKENS, device_key
 
     costs = {"soft": {"2": 1.0, "8": 4.0}, "sft": {"2": 1.5, "8": 3.0}}
     paths = []

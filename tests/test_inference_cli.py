@@ -16,7 +16,9 @@ from conftest import save_tiny
 from sortednet import export, generate
 from sortednet.data.prompts import ALPACA
 from sortednet.eval.exits import greedy_answers
+from sortednet.inference import latency
 from sortednet.inference.load import load_sorted
+from sortednet.inference.stream import TextStream
 
 PROMPT = "What color is the apple?"
 N = 12  # new tokens per answer: the random model rarely stops early, so answers are N tokens long
@@ -170,8 +172,8 @@ def test_batches_give_the_answers_of_single_prompts(ckpts, tmp_path, capsys):
 
 
 def test_exit_auto_picks_the_deepest_exit_within_the_budget(ckpts, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(generate, "PROFILE_WARMUP", 1)  # 16 timed tokens per exit still, fewer repeats
-    monkeypatch.setattr(generate, "PROFILE_REPEATS", 1)
+    monkeypatch.setattr(latency, "PROFILE_WARMUP", 1)  # 16 timed tokens per exit still, fewer repeats
+    monkeypatch.setattr(latency, "PROFILE_REPEATS", 1)
     ckpt = tmp_path / "auto.ckpt"
     ckpt.write_bytes(ckpts["soft"].read_bytes())
     args = [f"ckpt={ckpt}", "exit=auto", f"prompt={PROMPT}", "max_new_tokens=4", "device=cpu"]
@@ -217,7 +219,7 @@ def test_streaming_prints_multibyte_text_once_complete(tokenizer):
     text = "héllo wörld ✓ 13 + 4 = 17"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     out = io.StringIO()
-    stream = generate.TextStream(tokenizer, out, skip_prompt=False)
+    stream = TextStream(tokenizer, out)
     seen = []
     for token in ids:
         stream.push(token)

@@ -301,7 +301,7 @@ class _GenerateBench:
                 "quality": mean_score(texts, self.refs, self.metric), "stats": stats}  # fmt: skip
 
     def ours(self, batch_size: int = 1, **mode):
-        from sortednet.inference.calibrate import decode_all
+        from sortednet.inference.decode import decode_all
 
         return lambda ps: decode_all(self.net, ps, self.args.max_new_tokens, self.eos, batch_size=batch_size, **mode)
 

@@ -199,7 +199,7 @@ def requested_exits(cfg: EvaluateConfig, meta: dict, name: str) -> list[int]:
 
 
 def resolve_device(name: str):
-    from sortednet.generate import resolve_device as resolve
+    from sortednet.inference.load import resolve_device as resolve
 
     return resolve(name)
 
@@ -522,7 +522,7 @@ def run_analysis(cfg, paths, names, run) -> list[dict]:
 
 def pareto_points(cfg, paths, names, run) -> list[dict]:
     """(name, exit, ms_per_token, quality) for every exit of every checkpoint."""
-    from sortednet.generate import GenerateConfig, latency_profile
+    from sortednet.inference.latency import latency_profile
 
     quality: dict[tuple[str, int], float] = {}
     if cfg.metric == "exact_match":
@@ -552,9 +552,7 @@ def pareto_points(cfg, paths, names, run) -> list[dict]:
         device = next(ckpt.net.parameters()).device
         # only the exits asked for are timed (the cache beside the checkpoint then holds those)
         subset = {**ckpt.meta, "exits": ckpt.exits}
-        profile, where, cached = latency_profile(
-            GenerateConfig(ckpt=ckpt.path), ckpt.net, ckpt.tokenizer, subset, device
-        )
+        profile, where, cached = latency_profile(ckpt.path, ckpt.net, ckpt.tokenizer, subset, device)
         print(f"{ckpt.name}: ms/token {'cached in' if cached else 'measured, saved to'} {where}", file=sys.stderr)
         for e in ckpt.exits:
             costs[(ckpt.name, e)] = profile[e]

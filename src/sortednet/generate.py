@@ -7,25 +7,17 @@ Timings (tokens/s per prompt), the latency profile and decoding statistics go to
 
 from __future__ import annotations
 
-import json
-import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from transformers.generation import BaseStreamer
 
 from sortednet import cli
 from sortednet.errors import SortedNetError
-from sortednet.io import write_text_atomically
 
 MODES = ("exit", "speculative", "dynamic")
-PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 5
-PROFILE_INSTRUCTION = "Write one sentence about the weather."
 
 
 @dataclass
@@ -69,53 +61,6 @@ class GenerateConfig:
     """auto (cuda when available) | cpu | cuda | cuda:N."""
     cache_dir: str | None = None
     """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
-
-
-class TextStream(BaseStreamer):
-    """Writes the text of generated tokens to ``out`` as they arrive.
-
-    The whole id list is decoded each time and only the new suffix is written, so byte-level pieces of
-    one character and BPE merges print correctly; a trailing incomplete character (U+FFFD) waits for
-    the next token. Also usable as a Hugging Face ``generate`` streamer (the first ``put`` is the prompt).
-    """
-
-    def __init__(self, tokenizer, out=None, skip_prompt: bool = True):
-        self.tokenizer, self.out = tokenizer, out
-        self.ids: list[int] = []
-        self.printed = ""
-        self._prompt_pending = skip_prompt
-
-    def put(self, value) -> None:
-        if self._prompt_pending:
-            self._prompt_pending = False
-            return
-        self.push(*torch.as_tensor(value).reshape(-1).tolist())
-
-    def push(self, *ids: int) -> None:
-        self.ids.extend(int(i) for i in ids)
-        self._emit(final=False)
-
-    def end(self) -> None:
-        self._emit(final=True)
-
-    def finish(self, ids: list[int] | None = None) -> str:
-        """Write what is left of the text of ``ids`` (default: the tokens pushed); the whole text."""
-        if ids is not None and list(ids) != self.ids:
-            self.ids = [int(i) for i in ids]
-        self._emit(final=True)
-        return self.printed
-
-    def _emit(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if not final:
-            text = text.rstrip("\ufffd")
-        if text.startswith(self.printed):
-            new, self.printed = text[len(self.printed) :], text
-            out = self.out or sys.stdout
-            out.write(new)
-            out.flush()
-        elif final:
-            print("sortednet: warning: the streamed text differs from the final decoding", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- input
@@ -189,18 +134,6 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise SortedNetError(f"unknown device={name!r}; use auto, cpu or cuda[:N]") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SortedNetError(f"device={name} but CUDA is not available here; use device=cpu")
-    return device
-
-
 def check_against_model(cfg: GenerateConfig, net, meta: dict) -> None:
     """The settings that depend on the checkpoint: exits, draft exit, thresholds."""
     num_layers, exits = net.num_layers, list(meta["exits"])
@@ -257,173 +190,12 @@ def encode_prompts(cfg: GenerateConfig, pairs, tokenizer, net, meta) -> list[lis
     return ids
 
 
-# ---------------------------------------------------------------- latency profile
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def device_key(device: torch.device, dtype: torch.dtype) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    return f"{device.type}:{name}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}"
-
-
-def profile_path(ckpt: str) -> Path:
-    return Path(str(Path(ckpt).expanduser()).rstrip("/") + ".latency.json")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def measure_latency(net, tokenizer, meta: dict, device: torch.device) -> dict[int, float]:
-    """Milliseconds per generated token of each exit (greedy, KV cache, the median of a few runs)."""
-    from sortednet.data.alpaca import pad_id
-    from sortednet.inference.load import prompt_style_of
-
-    prompt = tokenizer(prompt_style_of(meta, tokenizer).format(PROFILE_INSTRUCTION))["input_ids"]
-    ids = torch.tensor([prompt], device=device)
-    kwargs = dict(
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=PROFILE_TOKENS,
-        min_new_tokens=PROFILE_TOKENS,  # no early EOS: every run makes the same number of tokens
-        pad_token_id=pad_id(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    times: dict[int, list[float]] = {e: [] for e in meta["exits"]}
-    # Rounds over all exits rather than all runs of one exit, then the next: a slow spell of the machine
-    # (clock ramp-up, a neighbour's job) then spreads over every exit instead of inflating one.
-    for round_ in range(PROFILE_WARMUP + PROFILE_REPEATS):
-        for e in meta["exits"]:
-            with net.at_exit(e) as lm:
-                _sync(device)
-                start = time.perf_counter()
-                lm.generate(input_ids=ids, **kwargs)
-                _sync(device)
-                if round_ >= PROFILE_WARMUP:
-                    times[e].append(time.perf_counter() - start)
-    return {e: 1000 * statistics.median(t) / PROFILE_TOKENS for e, t in times.items()}
-
-
-def latency_profile(cfg: GenerateConfig, net, tokenizer, meta, device) -> tuple[dict[int, float], Path, bool]:
-    """The cached profile of this device and thread count, measured and cached when absent."""
-    path = profile_path(cfg.ckpt)
-    key = device_key(device, net.lm_head.weight.dtype)
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    entry = cache.get(key) or {}
-    cached = {int(e): float(ms) for e, ms in (entry.get("ms_per_token") or {}).items()}
-    same_method = entry.get("tokens") == PROFILE_TOKENS and entry.get("repeats") == PROFILE_REPEATS
-    if all(e in cached for e in meta["exits"]) and same_method:
-        return {e: cached[e] for e in meta["exits"]}, path, True
-    print(f"measuring the latency of exits {meta['exits']} on {key} ...", file=sys.stderr)
-    profile = measure_latency(net, tokenizer, meta, device)
-    cache[key] = {
-        "device": key.split("|")[0],
-        "threads": torch.get_num_threads(),
-        "dtype": str(net.lm_head.weight.dtype).removeprefix("torch."),
-        "tokens": PROFILE_TOKENS,
-        "warmup": PROFILE_WARMUP,
-        "repeats": PROFILE_REPEATS,
-        "ms_per_token": {str(e): round(ms, 4) for e, ms in profile.items()},
-        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    try:
-        write_text_atomically(path, json.dumps(cache, indent=2, sort_keys=True) + "\n")
-    except OSError as error:
-        print(f"sortednet: warning: cannot cache the latency profile in {path} ({error})", file=sys.stderr)
-    return profile, path, False
-
-
-def pick_exit(profile: dict[int, float], budget_ms: float, where: str) -> int:
-    """The deepest exit whose ms/token is within ``budget_ms``, or a one-line error naming the fastest."""
-    fitting = [e for e, ms in profile.items() if ms <= budget_ms]
-    if not fitting:
-        fastest = min(profile, key=profile.get)
-        raise SortedNetError(
-            f"no exit fits latency_ms_per_token={budget_ms:g}: the fastest, exit {fastest}, takes "
-            f"{profile[fastest]:.3f} ms per token ({where}); raise latency_ms_per_token"
-        )
-    return max(fitting)
-
-
 # ---------------------------------------------------------------- generation
-
-
-def _sampling_kwargs(cfg: GenerateConfig) -> dict:
-    if not cfg.do_sample:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
-
-
-def _count(row: list[int], eos: int | None) -> int:
-    """Generated tokens up to and including the first EOS (the rest is padding)."""
-    return row.index(eos) + 1 if eos is not None and eos in row else len(row)
 
 
 def _report(label: str, tokens: int, seconds: float, extra: str = "") -> None:
     rate = tokens / seconds if seconds > 0 else float("inf")
     print(f"{label}: {tokens} tokens in {seconds:.3f} s ({rate:.1f} tokens/s){extra}", file=sys.stderr)
-
-
-@torch.no_grad()
-def generate_exit(cfg: GenerateConfig, net, tokenizer, prompts: list[list[int]], exit_: int) -> tuple[int, float]:
-    """mode=exit: Hugging Face ``generate`` on sub-model ``exit_`` (KV cache); streams when batch_size=1."""
-    from sortednet.data.alpaca import pad_id
-
-    device = next(net.parameters()).device
-    pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
-    common = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos, **_sampling_kwargs(cfg))
-    total_tokens, total_seconds, n = 0, 0.0, len(prompts)
-    with net.at_exit(exit_) as lm:
-        for start in range(0, n, cfg.batch_size):
-            chunk = prompts[start : start + cfg.batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(chunk):  # left padding: every row's next token is at the same position
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
-            torch.manual_seed(cfg.seed)
-            stream = TextStream(tokenizer) if len(chunk) == 1 else None
-            if start:
-                sys.stdout.write("\n")  # the blank line between answers
-            _sync(device)
-            began = time.perf_counter()
-            out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), streamer=stream, **common)
-            _sync(device)
-            seconds = time.perf_counter() - began
-            rows = out[:, width:].tolist()
-            if stream is not None:
-                stream.finish(rows[0])
-                sys.stdout.write("\n")
-            else:
-                texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-                sys.stdout.write("\n\n".join(texts) + "\n")
-            sys.stdout.flush()
-            counts = [_count(row, eos) for row in rows]
-            total_tokens, total_seconds = total_tokens + sum(counts), total_seconds + seconds
-            if len(chunk) == 1:
-                _report(f"[{start + 1}/{n}] exit {exit_}", counts[0], seconds)
-            else:
-                _report(
-                    f"[{start + 1}-{start + len(chunk)}/{n}] exit {exit_}, batch of {len(chunk)}", sum(counts), seconds
-                )
-    return total_tokens, total_seconds
 
 
 def _format_stats(stats: dict) -> str:
@@ -443,11 +215,14 @@ def _format_stats(stats: dict) -> str:
 
 @torch.no_grad()
 def generate_decoded(
-    cfg: GenerateConfig, net, tokenizer, prompts: list[list[int]], exits: list[int]
+    cfg: GenerateConfig, net, tokenizer, prompts: list[list[int]], exits: list[int], exit_: int | None = None
 ) -> tuple[int, float]:
-    """mode=speculative|dynamic through :mod:`sortednet.inference.decode`, ``batch_size`` prompts together;
-    streams when batch_size=1. A prompt's text does not depend on the batch it is in (greedy or sampled)."""
+    """Every mode through :func:`sortednet.inference.decode.generate_batch` (mode=exit: sub-model ``exit_``),
+    ``batch_size`` prompts together; streams when batch_size=1. A prompt's text does not depend on the batch
+    it is in (greedy or sampled)."""
     from sortednet.inference.decode import generate_batch
+    from sortednet.inference.latency import sync
+    from sortednet.inference.stream import TextStream
 
     # dynamic mode tries the checkpoint's exit set, shallow to deep
     extra = {"exits": list(exits)} if cfg.mode == "dynamic" else {}
@@ -457,14 +232,14 @@ def generate_decoded(
         chunk = prompts[start : start + cfg.batch_size]
         if start:
             sys.stdout.write("\n")  # the blank line between answers
-        stream = TextStream(tokenizer, skip_prompt=False) if len(chunk) == 1 else None
-        _sync(device)
+        stream = TextStream(tokenizer) if len(chunk) == 1 else None
+        sync(device)
         began = time.perf_counter()
         rows, stats = generate_batch(
             net,
             [list(ids) for ids in chunk],
             mode=cfg.mode,
-            exit=cfg.exit if isinstance(cfg.exit, int) else None,
+            exit=exit_,
             draft_exit=cfg.draft_exit,
             thresholds=list(cfg.thresholds) if cfg.thresholds is not None else None,
             **extra,
@@ -476,7 +251,7 @@ def generate_decoded(
             seed=cfg.seed,
             on_token=None if stream is None else (lambda _row, token, stream=stream: stream.push(token)),
         )
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - began
         if stream is not None:
             stream.finish(rows[0])
@@ -488,13 +263,16 @@ def generate_decoded(
         total_tokens, total_seconds = total_tokens + tokens, total_seconds + seconds
         where = f"{start + 1}/{n}" if len(chunk) == 1 else f"{start + 1}-{start + len(chunk)}/{n}"
         batch = "" if len(chunk) == 1 else f", batch of {len(chunk)}"
-        _report(f"[{where}] {cfg.mode}{batch}", tokens, seconds, f"; {_format_stats(stats)}")
+        label = f"exit {exit_}" if cfg.mode == "exit" else cfg.mode
+        suffix = "" if cfg.mode == "exit" else f"; {_format_stats(stats)}"
+        _report(f"[{where}] {label}{batch}", tokens, seconds, suffix)
     return total_tokens, total_seconds
 
 
 def generate(cfg: GenerateConfig) -> None:
     """The whole command: check, load, (profile), generate to stdout, report to stderr."""
-    from sortednet.inference.load import load_sorted
+    from sortednet.inference.latency import device_key, latency_profile, pick_exit
+    from sortednet.inference.load import load_sorted, resolve_device
 
     check_settings(cfg)
     pairs = [(cfg.prompt, cfg.input)] if cfg.prompt is not None else read_prompts(cfg.prompts)
@@ -507,7 +285,7 @@ def generate(cfg: GenerateConfig) -> None:
     else:
         exit_ = cfg.exit if isinstance(cfg.exit, int) else net.num_layers
         if cfg.exit == "auto":
-            profile, path, cached = latency_profile(cfg, net, tokenizer, meta, device)
+            profile, path, cached = latency_profile(cfg.ckpt, net, tokenizer, meta, device)
             source = f"cached in {path}" if cached else f"measured, written to {path}"
             lines = "\n".join(f"  exit {e}: {ms:.3f} ms/token" for e, ms in profile.items())
             print(
@@ -520,7 +298,7 @@ def generate(cfg: GenerateConfig) -> None:
             )
         elif exit_ not in meta["exits"]:
             print(f"sortednet: warning: exit {exit_} is not one of the trained exits {meta['exits']}", file=sys.stderr)
-        tokens, seconds = generate_exit(cfg, net, tokenizer, prompts, exit_)
+        tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta["exits"]), exit_)
     if len(prompts) > 1:
         _report(f"total ({len(prompts)} prompts)", tokens, seconds)
 

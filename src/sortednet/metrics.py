@@ -18,9 +18,12 @@ def rouge_l(answers: Sequence[str], references: Sequence[str]) -> list[float]:
 
 
 def mean_score(answers: Sequence[str], references: Sequence[str], metric: str) -> float:
-    """Mean ``metric`` of ``answers`` against ``references``: ``exact_match`` (stripped) or ``rouge_l``."""
+    """Mean ``metric`` of ``answers`` against ``references`` (0 for none): ``exact_match`` (stripped) or
+    ``rouge_l``."""
     if metric == "exact_match":
-        return sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True)) / len(references)
-    if metric == "rouge_l":
-        return sum(rouge_l(answers, references)) / len(references)
-    raise ValueError(f"metric {metric!r}; one of {METRICS}")
+        scores = [float(a.strip() == r.strip()) for a, r in zip(answers, references, strict=True)]
+    elif metric == "rouge_l":
+        scores = rouge_l(answers, references)
+    else:
+        raise ValueError(f"metric {metric!r}; one of {METRICS}")
+    return sum(scores) / max(len(scores), 1)

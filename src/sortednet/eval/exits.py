@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from sortednet.data.alpaca import pad_id
+from sortednet.inference.decode import decode_all
+from sortednet.metrics import mean_score
 from sortednet.model import SortedLM
 
 
@@ -32,38 +33,16 @@ def greedy_ids(
     max_new_tokens: int,
     batch_size: int = 32,
 ) -> list[list[int]]:
-    """Greedy continuations of tokenized prompts by sub-model ``exit_`` (left-padded batches, KV cache): the
-    generated token ids of each prompt, up to and including its first EOS."""
-    answers = []
-    device = next(net.parameters()).device
-    pad = pad_id(tokenizer)
-    with net.at_exit(exit_) as lm:
-        for start in range(0, len(prompt_ids), batch_size):
-            chunk = prompt_ids[start : start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(chunk):
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
-            out = lm.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            eos = tokenizer.eos_token_id
-            for ids in out[:, width:].tolist():
-                answers.append(ids[: ids.index(eos) + 1] if eos in ids else ids)
-    return answers
+    """Greedy continuations of tokenized prompts by sub-model ``exit_`` (``batch_size`` prompts decoded
+    together, KV cache): the generated token ids of each prompt, up to and including its first EOS. The
+    decoder is :func:`sortednet.inference.decode.generate_batch`, the one ``sortednet.generate`` uses."""
+    eos = tokenizer.eos_token_id
+    return decode_all(net, prompt_ids, max_new_tokens, eos, batch_size, mode="exit", exit=exit_)[0]
 
 
 def exact_match(answers: list[str], references: list[str]) -> float:
-    """Share of answers equal to their reference after stripping surrounding whitespace."""
-    hits = sum(a.strip() == r.strip() for a, r in zip(answers, references, strict=True))
-    return hits / max(len(references), 1)
+    """Share of answers equal to their reference after stripping surrounding whitespace (0 for none)."""
+    return mean_score(answers, references, "exact_match")
 
 
 def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[dict]:

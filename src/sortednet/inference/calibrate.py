@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sortednet.inference.decode import generate_batch
+from sortednet.inference.decode import decode_all
 from sortednet.metrics import mean_score
 from sortednet.model import SortedLM
 
 GRID = (0.999, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
-
-
-def decode_all(
-    net: SortedLM, prompts: Sequence[list[int]], max_new_tokens: int, eos: int | None, batch_size: int = 1, **mode
-) -> tuple[list[list[int]], list[dict]]:
-    """Outputs per prompt and stats per batch of one decoding mode over ``prompts``, ``batch_size`` at a time."""
-    outputs, stats = [], []
-    for start in range(0, len(prompts), batch_size):
-        tokens, s = generate_batch(
-            net, prompts[start : start + batch_size], max_new_tokens=max_new_tokens, eos_token_id=eos, **mode
-        )
-        outputs += tokens
-        stats.append(s)
-    return outputs, stats
 
 
 def calibrate(

@@ -601,3 +601,17 @@ def generate(
     if "exit_per_token" in stats:
         stats["exit_per_token"] = stats["exit_per_token"][0]
     return tokens, stats
+
+
+def decode_all(
+    net: SortedLM, prompts: Sequence[list[int]], max_new_tokens: int, eos: int | None, batch_size: int = 1, **mode
+) -> tuple[list[list[int]], list[dict]]:
+    """Outputs per prompt and stats per batch of one decoding mode over ``prompts``, ``batch_size`` at a time."""
+    outputs, stats = [], []
+    for start in range(0, len(prompts), batch_size):
+        tokens, s = generate_batch(
+            net, prompts[start : start + batch_size], max_new_tokens=max_new_tokens, eos_token_id=eos, **mode
+        )
+        outputs += tokens
+        stats.append(s)
+    return outputs, stats

@@ -207,3 +207,16 @@ def _load_exported(path: Path):
                 f"{str(template_file)!r} is not a prompt template (with_input, without_input); re-export the model"
             ) from error
     return net, tokenizer, meta
+
+
+def resolve_device(name: str) -> torch.device:
+    """``device=`` of the inference commands: auto (cuda when available), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SortedNetError(f"unknown device={name!r}; use auto, cpu or cuda[:N]") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SortedNetError(f"device={name} but CUDA is not available here; use device=cpu")
+    return device

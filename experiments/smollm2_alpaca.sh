@@ -71,17 +71,25 @@ train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed from its la
   fi
   timed "train_$name" $py -m sortednet.train "${common[@]}" "$@" "${resume[@]}" hydra.run.dir="$dir"
 }
-train soft objective=soft
-train sft objective=sft
-train ict objective=ict objective.init_from="$(latest "$root/sft")/checkpoints/last.ckpt"
-train extracted objective=extracted objective.layers=18
-
+# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict"); its evaluation then goes to its own directory.
+read -r -a objectives <<<"${OBJECTIVES:-soft sft ict extracted}"
+ckpts=() names=()
+for objective in "${objectives[@]}"; do
+  case $objective in
+    soft | sft) train "$objective" objective="$objective" ;;
+    ict) train ict objective=ict objective.init_from="$(latest "$root/sft")/checkpoints/last.ckpt" ;;
+    extracted) train extracted objective=extracted objective.layers=18 ;;
+    *) echo "unknown objective $objective in OBJECTIVES" >&2 && exit 2 ;;
+  esac
+  ckpts+=("$(latest "$root/$objective")/checkpoints/last.ckpt") names+=("$objective")
+done
+join() { local IFS=,; echo "[$*]"; }
+all=$(join "${ckpts[@]}") names=$(join "${names[@]}")
 soft=$(latest "$root/soft")/checkpoints/last.ckpt sft=$(latest "$root/sft")/checkpoints/last.ckpt
-ict=$(latest "$root/ict")/checkpoints/last.ckpt ext=$(latest "$root/extracted")/checkpoints/last.ckpt
-all="[$soft,$sft,$ict,$ext]" names="[soft,sft,ict,extracted]"
 
 # 4. Evaluation per exit of every checkpoint, on the held-out rows only.
 eval=$root/eval
+[[ ${OBJECTIVES:-} ]] && eval=$root/eval-${OBJECTIVES// /-}
 mkdir -p "$eval"
 evaluate() {  # evaluate NAME SUITE key=value...: one suite, its table kept in $eval/NAME.txt
   local name=$1 suite=$2
@@ -111,8 +119,8 @@ bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.
   mv "$eval/$name.txt.partial" "$eval/$name.txt"
   cat "$eval/$name.txt"
 }
-bench bench_generate 'draft_exits=[9,15,21]'
-bench bench_batches 'draft_exits=[9,15]' 'batch_size=[1,4,16]'
+bench bench_generate "draft_exits=${BENCH_DRAFTS:-[9,15,21]}"
+bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[9,15]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
 
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
 {

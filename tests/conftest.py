@@ -161,26 +161,36 @@ def run_cli(tmp_path: Path, run: str, *overrides: str, env: dict | None = None, 
     return run_process(cli_command(tmp_path, run, *overrides, multirun=multirun), tmp_path, env)
 
 
-def train_in_process(argv: list[str], capsys) -> tuple[int, str]:
-    """``python -m sortednet.train ARGV`` in this process: its exit status and stderr. For runs that stop before
-    training (bad input): seconds instead of a new interpreter's imports."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
+def main_in_process(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """``python -m MODULE ARGV`` in this process, through the module's own ``__main__`` block: its exit status
+    (what ``sys.exit`` was given), stdout and stderr. Seconds instead of a new interpreter's imports."""
     saved = sys.argv
-    sys.argv = ["sortednet.train", *argv]
+    sys.argv = [module, *argv]
     try:
         with warnings.catch_warnings():  # the run's own warning filters end with it
-            # runpy's note that sortednet.train was imported before (by an earlier test) is no news here
+            # runpy's note that the module was imported before (by an earlier test) is no news here
             warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
-            runpy.run_module("sortednet.train", run_name="__main__")
+            runpy.run_module(module, run_name="__main__")
         code = 0
     except SystemExit as exit_:
         code = exit_.code
     finally:
         sys.argv = saved
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def train_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    """``python -m sortednet.train ARGV`` in this process (:func:`main_in_process`): its exit status and stderr.
+    For runs that stop before training (bad input)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        code, _, err = main_in_process("sortednet.train", argv, capsys)
+    finally:
         GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
+    return code, err
 
 
 def succeeded(process: subprocess.CompletedProcess) -> str:

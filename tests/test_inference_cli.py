@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import main_in_process, save_tiny
 from sortednet import export, generate
 from sortednet.data.prompts import ALPACA
 from sortednet.eval.exits import greedy_answers
@@ -283,11 +283,12 @@ def test_bad_input_without_a_model(ckpts, tmp_path, capsys):
         _one_line_error(*_run(generate.main, argv, capsys)[::2], message)
 
 
-def test_the_real_commands_fail_in_one_line_with_status_2(ckpts, tmp_path):
+def test_the_real_commands_fail_in_one_line_with_status_2(ckpts, tmp_path, capsys):
+    """Through each module's ``__main__`` block: the status is what the interpreter exits with."""
     for module, args, message in [
         ("generate", [f"ckpt={ckpts['soft']}", "exit=99", "prompt=hi"], "outside [1, 8]"),
         ("export", [f"ckpt={tmp_path / 'nope.ckpt'}", "exit=2", f"out={tmp_path / 'x'}"], "not found"),
     ]:
-        process = _cli(module, *args)
-        _one_line_error(process.returncode, process.stderr, message)
-        assert process.stdout == ""
+        code, out, err = main_in_process(f"sortednet.{module}", args, capsys)
+        _one_line_error(code, err, message)
+        assert out == ""

@@ -38,7 +38,7 @@ IDS = [c[0] for c in COMMANDS]
 def _check_help(out: str, config_type: type) -> None:
     """Every key of ``config_type`` is listed with its type and default, and its docstring (which it must have)."""
     for key in cli.config_keys(config_type).values():
-        assert f"  {key.name}=<{cli.type_name(key.type)}>  (default: " in out, key.name
+        assert f"  {key.name}=<{key.type_text}>  (default: " in out, key.name
         assert key.doc, f"{config_type.__name__}.{key.name} has no docstring"
         assert all(f"      {line}" in out for line in key.doc.splitlines()), key.name
 
@@ -68,7 +68,7 @@ def test_an_unknown_key_is_one_line_with_a_suggestion(name, main, head, config_t
 @pytest.mark.parametrize(("name", "main", "head", "config_type", "unknown", "wrong"), COMMANDS, ids=IDS)
 def test_a_wrong_type_is_one_line_naming_the_key_and_its_type(name, main, head, config_type, unknown, wrong, capsys):
     if wrong is None:  # every key of this command is text
-        assert all(cli.type_name(k.type) in ("str", "str | null") for k in cli.config_keys(config_type).values())
+        assert all(k.type_text in ("str", "str | null") for k in cli.config_keys(config_type).values())
         return
     arg, key, type_name = wrong
     value = arg.partition("=")[2]

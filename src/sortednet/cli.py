@@ -38,12 +38,15 @@ HELP = ("-h", "--help", "help")
 
 
 class Key(NamedTuple):
-    """One settable key of a config: its dotted name, declared type, default and docstring."""
+    """One settable key of a config: its dotted name, declared type, default, docstring, and its type as the help
+    writes it (a field's ``metadata["type"]`` where the declared type is ``Any``: OmegaConf has no unions of
+    containers, such as ``str | list[str]``)."""
 
     name: str
     type: Any
     default: Any
     doc: str
+    type_text: str
 
 
 @functools.cache
@@ -91,7 +94,8 @@ def config_keys(config_type: type, prefix: str = "") -> dict[str, Key]:
         if _is_config(tp):
             keys.update(config_keys(tp, name + "."))
         else:
-            keys[name] = Key(name, tp, _default(field), docs.get(field.name, ""))
+            text = field.metadata.get("type") or type_name(tp)
+            keys[name] = Key(name, tp, _default(field), docs.get(field.name, ""), text)
     return keys
 
 
@@ -158,7 +162,7 @@ def describe(config_type: type) -> str:
             first, *rest = group_docs[group].splitlines() or [""]
             lines.append(f"  {group}.*  {first}".rstrip())
             lines += [f"      {line}" for line in rest]
-        lines.append(f"  {key.name}=<{type_name(key.type)}>  (default: {_show(key.default)})")
+        lines.append(f"  {key.name}=<{key.type_text}>  (default: {_show(key.default)})")
         lines += [f"      {line}" for line in key.doc.splitlines()]
     return "\n".join(lines)
 

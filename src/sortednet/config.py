@@ -86,7 +86,7 @@ class ObjectiveConfig:
 class LossConfig:
     """How a step combines its exits (see :mod:`sortednet.schedule`); the defaults are the paper's."""
 
-    weights: Any = "uniform"
+    weights: Any = field(default="uniform", metadata={"type": "uniform | depth | list of float"})
     """uniform (the paper's mean) | depth (proportional to the layer count) | a list, one per exit."""
     sample: int | None = None
     """Exits per step, the deepest always included (SortedNet's sampling); null uses them all."""
@@ -142,9 +142,9 @@ class TrainConfig:
     """What is trained: SoFT or a baseline (the ``objective`` group)."""
     loss: LossConfig = field(default_factory=LossConfig)
     """How each step weights and picks its exits (the ``loss`` group)."""
-    exits: Any = "every_2"
+    exits: Any = field(default="every_2", metadata={"type": "list of int | all | last | every_K | paper"})
     """Exit set: a list of layer counts such as [4, 8], or all | last | every_K | paper."""
-    optimizer: Any = None
+    optimizer: Any = field(default=None, metadata={"type": "mapping | null"})
     """A ``_partial_`` optimizer (``_target_`` + kwargs) that receives the parameters."""
     warmup_steps: int = 0
     """Linear warm-up steps before the cosine decay."""

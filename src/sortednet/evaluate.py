@@ -46,11 +46,11 @@ ANSWER_NEW_TOKENS, TRIVIAQA_NEW_TOKENS = 128, 24
 class EvaluateConfig:
     suite: str = ""
     """loss | generate | pandalm | triviaqa | analysis | pareto | lm_eval | judge_agreement (see above)."""
-    ckpt: Any = ""
+    ckpt: Any = field(default="", metadata={"type": "str | list of str"})
     """A .ckpt of sortednet.train or a directory of sortednet.export/consolidate, or a list [A,B]."""
     names: list[str] | None = None
     """One name per checkpoint (default: the file stem; for last.ckpt the run directory's name)."""
-    exits: Any = "all"
+    exits: Any = field(default="all", metadata={"type": "all | list of int"})
     """all (the checkpoint's exit set) or a list such as [2,4,8]."""
     out: str | None = None
     """The run directory (default outputs/eval/<date>/<time>); answer files in it are reused when their

@@ -6,8 +6,10 @@ this one module so that an upgrade has one place to look. Every function here ha
 from __future__ import annotations
 
 import subprocess
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def spawns_ranks_by_rerunning_the_script(strategy) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 from transformers import AutoConfig
 
+from conftest import run_process
 from sortednet.bench import SHAPES, spread_exits
 from sortednet.flops import body_flops, head_flops, train_step_flops
 from sortednet.hub import causal_lm_from_config
@@ -52,12 +52,14 @@ def test_spread_exits():
     assert spread_exits(40, 8) == [5, 10, 15, 20, 25, 30, 35, 40]
 
 
-def test_bench_train_prints_a_table():
-    out = subprocess.run(
+def test_bench_train_prints_a_table(tmp_path):
+    # Each row runs in its own process (for its peak memory): run_process kills the whole group on a timeout.
+    process = run_process(
         [sys.executable, "-m", "sortednet.bench", "train", "shapes=[tiny]", "exits=[1,4]", "batch=2", "seq=32",
-         "steps=2", "warmup=1", "peak_tflops=1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout  # fmt: skip
+         "steps=2", "warmup=1", "peak_tflops=1"], tmp_path,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    out = process.stdout
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [
         ("sft", "1"), ("soft", "1"), ("soft-naive", "1"), ("soft", "4"), ("soft-naive", "4"),

@@ -131,6 +131,10 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo
   echo "Wall times (s, on $(nproc) cores; a skipped stage keeps the time of the run that made it):"
   for file in "$root"/times/*; do echo "- $(basename "$file"): $(cat "$file")"; done
+  echo
+  echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
+  echo
+  $py experiments/summarise_evaluation.py "$eval"
   for part in "$root"/{soft,sft,ict,extracted}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo

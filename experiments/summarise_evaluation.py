@@ -3,8 +3,9 @@
     python experiments/summarise_evaluation.py EVAL_DIR
 
 Columns, where the suite ran: held-out loss (suite=loss), ROUGE-L and mean answer length (suite=generate),
-TriviaQA exact match, cased and normalised (suite=triviaqa), and greedy ms/token (suite=pareto's measured
-profile, batch 1). A missing suite leaves its columns out.
+TriviaQA exact match, cased and normalised, and F1 (suite=triviaqa), and greedy ms/token: generate's (its
+batches, answers of its length) and pareto's measured profile (batch 1). A missing suite leaves its columns
+out. Checkpoints in the order the first suite lists them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ COLUMNS = [  # (file, column, header, format)
     ("generate.csv", "mean_answer_tokens", "answer tokens", "{:.0f}"),
     ("triviaqa.csv", "em_cased", "TriviaQA EM", "{:.3f}"),
     ("triviaqa.csv", "em", "TriviaQA EM (norm.)", "{:.3f}"),
-    ("pareto.csv", "ms_per_token", "ms/token", "{:.1f}"),
+    ("triviaqa.csv", "f1", "TriviaQA F1", "{:.3f}"),
+    ("generate.csv", "ms_per_token", "ms/token (generate)", "{:.1f}"),
+    ("pareto.csv", "ms_per_token", "ms/token (pareto)", "{:.1f}"),
 ]
 
 
@@ -32,7 +35,7 @@ def main() -> None:
     root = Path(sys.argv[1])
     tables = {name: read(root / name) for name in {c[0] for c in COLUMNS} if (root / name).is_file()}
     columns = [c for c in COLUMNS if c[0] in tables and c[1] in next(iter(tables[c[0]].values()), {})]
-    keys = sorted({key for table in tables.values() for key in table}, key=lambda k: (k[0] != "soft", k[0], k[1]))
+    keys = list(dict.fromkeys(key for table in tables.values() for key in table))
     print("| checkpoint | exit | " + " | ".join(c[2] for c in columns) + " |")
     print("|---|---|" + "---|" * len(columns))
     for name, exit_ in keys:

@@ -122,7 +122,11 @@ def _reachable(start: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("name", CORE)
+# Evaluation runs on the core: decoding a checkpoint never pulls in the training stack.
+EVALUATION = sorted(f"sortednet.eval.{p.stem}" for p in (PACKAGE / "eval").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", CORE + EVALUATION)
 def test_the_core_imports_neither_lightning_nor_hydra(name):
     """Directly or through any sortednet module it imports (at module level or inside a function)."""
     for module in sorted({name} | _reachable(name)):

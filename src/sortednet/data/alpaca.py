@@ -87,6 +87,16 @@ def load_tokenized(
     return datasets.load_from_disk(str(target))
 
 
+def tokenized_split(config, tokenizer, cache_dir: str | os.PathLike):
+    """The tokenized data set of a :class:`~sortednet.config.DataConfig` and its seeded (train, validation)
+    indices: what training uses, and what evaluation rebuilds to find the same validation rows."""
+    from sortednet.hub import resolve
+
+    path = resolve(config.path, "data.json", cache_dir)
+    dataset = load_tokenized(path, tokenizer, config.prompt_style, config.max_length, config.mask_prompt, cache_dir)
+    return (dataset, *split(len(dataset), config.val_size, config.seed))
+
+
 def split(n: int, val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
     """A seeded (train, validation) split of ``range(n)``; ``val_size`` is a count or a fraction."""
     n_val = round(val_size * n) if isinstance(val_size, float) and val_size < 1 else int(val_size)

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from sortednet.compat import rebuild_train_loader
 from sortednet.config import DataConfig
-from sortednet.data.alpaca import Collator, load_tokenized, pad_id, split
-from sortednet.hub import default_cache_dir, resolve
+from sortednet.data.alpaca import Collator, pad_id, tokenized_split
+from sortednet.hub import default_cache_dir
 from sortednet.loss import count_labels
 
 
@@ -120,19 +120,13 @@ class AlpacaDataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.train_sampler = None
         self.restored_position: dict | None = None  # a checkpoint's train position, for the next sampler
 
-    def _load(self):
-        c = self.config
-        path = resolve(c.path, "data.json", self.cache_dir)
-        return load_tokenized(path, self.tokenizer, c.prompt_style, c.max_length, c.mask_prompt, self.cache_dir)
-
     def prepare_data(self) -> None:
-        self._load()
+        tokenized_split(self.config, self.tokenizer, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        dataset = self._load()
-        train_idx, val_idx = split(len(dataset), self.config.val_size, self.config.seed)
+        dataset, train_idx, val_idx = tokenized_split(self.config, self.tokenizer, self.cache_dir)
         self.train_set = dataset.select(train_idx).select_columns(["input_ids", "labels"])
         self.train_label_counts = [  # in chunks: the whole labels column as Python lists would be large
             count_labels(torch.tensor(labels))

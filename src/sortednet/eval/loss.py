@@ -25,13 +25,12 @@ def validation_rows(
     its default settings) for ``data="embedded"``, else every row of the Alpaca-format (or TriviaQA) file ``data``."""
     if data == EMBEDDED:
         from sortednet.config import DataConfig
-        from sortednet.data.datamodule import AlpacaDataModule
+        from sortednet.data.alpaca import tokenized_split
+        from sortednet.hub import default_cache_dir
 
-        module = AlpacaDataModule(
-            DataConfig(path=EMBEDDED, prompt_style=prompt_style, max_length=max_length), tokenizer, cache_dir
-        )
-        module.setup()
-        columns = module.val_rows.select_columns(["input_ids", "labels"]).to_dict()
+        config = DataConfig(path=EMBEDDED, prompt_style=prompt_style, max_length=max_length)
+        dataset, _, val_idx = tokenized_split(config, tokenizer, cache_dir or default_cache_dir())
+        columns = dataset.select(val_idx).select_columns(["input_ids", "labels"]).to_dict()
     else:
         rows = check_rows(training_rows(data), data)
         columns = tokenize_rows(rows, tokenizer, prompt_style, max_length, mask_prompt=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sortednet.config import DataConfig
-from sortednet.data.alpaca import load_tokenized
+from sortednet.data.alpaca import load_tokenized, tokenized_split
 from sortednet.data.datamodule import AlpacaDataModule
 from sortednet.data.prompts import ALPACA, TRIVIAQA
 from sortednet.data.triviaqa import (
@@ -259,7 +259,7 @@ def test_triviaqa_file_trains_question_to_answer_with_the_prompt_masked(tokenize
     dm.setup()
     assert len(dm.train_set) == 4 and len(dm.val_rows) == 2
     by_question = {r["question"]: r["answer"]["value"] for r in HF_ROWS}
-    everything = dm._load()
+    everything, _, _ = tokenized_split(config, tokenizer, str(tmp_path / "cache"))
     assert len(everything) == len(HF_ROWS)
     for row in everything:
         prompt = TRIVIAQA.format(row["instruction"])

@@ -100,13 +100,19 @@ def _local_only(path: str) -> bool:
     return Path(path).expanduser().exists() or not hub_reachable()
 
 
-def _looks_local(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else is meant as a path.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+def looks_local(name: str) -> bool:
+    """Whether ``name`` means a local path rather than a hub id (hub ids are ``name`` or ``org/name``): it
+    exists, starts with ``.``, ``/`` or ``~``, has more than one ``/``, or ends like a file we read."""
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or name.endswith((".json", ".jsonl", ".gguf"))
+    )
 
 
 def _not_found(name: str, what: str, error: Exception) -> SortedNetError:
-    if _looks_local(name):
+    if looks_local(name):
         config = Path(name).expanduser() / "config.json"
         if config.is_file():  # the directory is right; its config is what is broken
             try:

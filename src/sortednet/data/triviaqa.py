@@ -17,10 +17,10 @@ training target first (the HF layout's ``value``, then its aliases); ``id`` is t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from sortednet.data.rows import read_rows
 from sortednet.errors import SortedNetError
+from sortednet.hub import looks_local
 
 DEFAULT_HUB_ID = "mandarjoshi/trivia_qa"
 DEFAULT_CONFIG = "unfiltered.nocontext"
@@ -33,19 +33,9 @@ LAYOUTS = (
 _FOUNDRY_CONTEXT = re.compile(r"\s*Question:(?P<question>.*)\n\s*Answer:\s*", re.DOTALL)
 
 
-def _is_local(path: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else is meant as a file.
-    return (
-        Path(path).expanduser().exists()
-        or path.startswith((".", "/", "~"))
-        or path.count("/") > 1
-        or path.endswith((".json", ".jsonl"))
-    )
-
-
 def is_triviaqa_hub_id(path: str) -> bool:
     """Whether ``path`` names TriviaQA on the hub (``trivia_qa``, ``mandarjoshi/trivia_qa``) rather than a file."""
-    return not _is_local(path) and re.sub(r"[^a-z]", "", path.rsplit("/", 1)[-1].lower()) == "triviaqa"
+    return not looks_local(path) and re.sub(r"[^a-z]", "", path.rsplit("/", 1)[-1].lower()) == "triviaqa"
 
 
 def looks_like_triviaqa(rows: list) -> bool:
@@ -60,7 +50,7 @@ def looks_like_triviaqa(rows: list) -> bool:
 
 def read_triviaqa(source: str, split: str = "validation", config: str = DEFAULT_CONFIG) -> list[dict]:
     """Checked records of a TriviaQA file or hub id (``split`` and ``config`` apply to hub ids only)."""
-    if _is_local(source):
+    if looks_local(source):
         return parse_triviaqa(read_rows(source), source)
     return parse_triviaqa(_read_hub(source, split, config), f"{source} ({config}, {split})")
 

@@ -100,23 +100,25 @@ def _wait_until(condition, timeout: float) -> bool:
 
 
 @pytest.mark.slow
-def test_a_rank_whose_peer_dies_stops_at_once_with_one_line(tmp_path, cache_dir):
-    """kill -9 of rank 0 ends its child rank; kill -9 of the child ends rank 0: within seconds, one line each
+def test_a_sweep_job_whose_rank_dies_stops_all_its_ranks_with_one_line(tmp_path, cache_dir):
+    """Two 2-job DDP sweeps. kill -9 of the sweep process (rank 0 of job 0) ends its child rank; kill -9 of job 0's
+    child rank ends the sweep: within seconds, one line each, no rank left behind and job 1 never started
     (without sortednet.ranks, the survivor waits for the process group's 30-minute timeout)."""
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(make_rows(48)))  # 40 trained on at 2 x 2 ranks: 10 steps an epoch, 20 epochs
-    overrides = [f"data.path={data}", "strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=csv"]
-    overrides += ["data.val_size=8", "data.batch_size=2", "eval.num_generate=0", "trainer.max_epochs=20"]
+    overrides = ["exits=[4,8],[2,4,6,8]", f"data.path={data}", "strategy=ddp", "trainer.devices=2", "logger=csv"]
+    overrides += ["trainer.accelerator=cpu", "data.val_size=8", "data.batch_size=2", "eval.num_generate=0"]
+    overrides += ["trainer.max_epochs=20"]
     runs = {}
     for victim in ("rank0", "child"):
         err = (tmp_path / f"{victim}.err").open("w")
         runs[victim] = subprocess.Popen(
-            cli_command(tmp_path, victim, *overrides), cwd=tmp_path, env=cli_env(tmp_path),
+            cli_command(tmp_path, victim, *overrides, multirun=True), cwd=tmp_path, env=cli_env(tmp_path),
             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
         )  # fmt: skip
     try:
-        for victim, process in runs.items():  # both ranks train once the first checkpoint is written
-            last = tmp_path / victim / "checkpoints" / "last.ckpt"
+        for victim, process in runs.items():  # both ranks of job 0 train once its first checkpoint is written
+            last = tmp_path / victim / "0" / "checkpoints" / "last.ckpt"
             started = _wait_until(last.exists, 900)
             assert started and process.poll() is None, (tmp_path / f"{victim}.err").read_text()[-3000:]
         for victim, process in runs.items():
@@ -131,8 +133,22 @@ def test_a_rank_whose_peer_dies_stops_at_once_with_one_line(tmp_path, cache_dir)
                 assert process.wait(timeout=10) == 1
                 expected = f"sortednet: error: rank 1 (pid {child}) exited with status -9; stopped the other ranks"
             assert expected in err.splitlines(), err[-3000:]
+            assert not _session_members(process.pid), f"{victim} killed: processes of the sweep remain"
+            assert not (tmp_path / victim / "1").exists()  # the sweep stopped with its failed job
     finally:
         for process in runs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+def _session_members(session: int) -> list[int]:
+    """Live processes of the session ``session`` (its leader's pid): the ranks a sweep started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == session and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found

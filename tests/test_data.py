@@ -424,6 +424,16 @@ def test_split_is_seeded_disjoint_and_covering():
     assert len(split(10, 9, seed=0)[1]) == 9
 
 
+def test_max_train_samples_keeps_a_seeded_subset_and_the_same_validation_rows():
+    train, val = split(40, 8, seed=3)
+    few, same_val = split(40, 8, seed=3, max_train=5)
+    assert same_val == val and len(few) == 5 and set(few) <= set(train) and few == sorted(few)
+    assert split(40, 8, seed=3, max_train=100) == (train, val)  # more than there are: all of them
+    with pytest.raises(SortedNetError, match="data.max_train_samples=0") as error:
+        split(40, 8, seed=3, max_train=0)
+    _one_line(error)
+
+
 @pytest.mark.parametrize("val_size", [0, 0.0, 0.001, 40, 41, -1])
 def test_split_that_leaves_nothing_raises(val_size):
     with pytest.raises(SortedNetError, match="data.val_size") as error:

@@ -57,6 +57,9 @@ class DataConfig:
     """Train on response tokens only (the paper); false trains on the prompt too."""
     val_size: float = 0.05
     """Validation rows: a fraction (< 1) or a count."""
+    max_train_samples: int | None = None
+    """Train on at most this many of the rows left after validation (a seeded pick, like Hugging Face's
+    ``max_train_samples``); null trains on all of them. The validation rows do not change."""
     batch_size: int = 8
     """Examples per micro-batch and device."""
     global_batch_size: int | None = None

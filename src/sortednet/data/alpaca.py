@@ -94,16 +94,21 @@ def tokenized_split(config, tokenizer, cache_dir: str | os.PathLike):
 
     path = resolve(config.path, "data.json", cache_dir)
     dataset = load_tokenized(path, tokenizer, config.prompt_style, config.max_length, config.mask_prompt, cache_dir)
-    return (dataset, *split(len(dataset), config.val_size, config.seed))
+    return (dataset, *split(len(dataset), config.val_size, config.seed, config.max_train_samples))
 
 
-def split(n: int, val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded (train, validation) split of ``range(n)``; ``val_size`` is a count or a fraction."""
+def split(
+    n: int, val_size: int | float, seed: int, max_train: int | None = None
+) -> tuple[list[int], list[int]]:
+    """A seeded (train, validation) split of ``range(n)``; ``val_size`` is a count or a fraction, and the
+    train part keeps its first ``max_train`` rows of the seeded order (the validation part does not change)."""
     n_val = round(val_size * n) if isinstance(val_size, float) and val_size < 1 else int(val_size)
     if not 0 < n_val < n:
         raise SortedNetError(f"data.val_size={val_size} leaves no train or no validation rows out of {n}")
+    if max_train is not None and max_train < 1:
+        raise SortedNetError(f"data.max_train_samples={max_train} must be at least 1; null trains on every row")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    return sorted(order[n_val:][:max_train]), sorted(order[:n_val])
 
 
 @dataclass

@@ -96,6 +96,25 @@ def test_train_help_lists_every_key_with_its_docstring(capsys):
     _check_help(out.getvalue(), TrainConfig)
 
 
+TRAIN_REFUSALS = [
+    (["trainer.max_epoch=1"], ("'trainer.max_epoch'", "did you mean trainer.max_epochs", "sortednet.train --help")),
+    (["-m", "exits=[4,8],[2,4]", "data.batch_sise=4"], ("'data.batch_sise'", "did you mean data.batch_size")),
+    (["data.batch_size=big"], ("data.batch_size='big' is not a valid int", "give e.g. data.batch_size=")),
+    (["objective=sfft"], ("Could not find 'objective/sfft'", "extracted ict sft soft")),
+    (["exits=[4"], ("no viable alternative at input '[4'", "write overrides as key=value")),
+]
+
+
+@pytest.mark.parametrize(("argv", "words"), TRAIN_REFUSALS, ids=[" ".join(a) for a, _ in TRAIN_REFUSALS])
+def test_train_refuses_what_hydra_cannot_compose_in_one_line_before_writing(argv, words, tmp_path, monkeypatch, capsys):
+    """The same unknown-key, wrong-type and unknown-option messages as every other command (Hydra's own are
+    several lines, status 1), also for a sweep, and before any run or sweep directory exists."""
+    monkeypatch.chdir(tmp_path)
+    code, err = train_in_process(argv, capsys)
+    _one_line_error(code, err, *words)
+    assert not list(tmp_path.iterdir())
+
+
 def test_bench_without_a_command_is_one_line(capsys):
     _one_line_error(bench.main([]), capsys.readouterr().err, "no command given", "train|generate")
     _one_line_error(bench.main(["trian"]), capsys.readouterr().err, "unknown command 'trian'", "did you mean train")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sortednet.plan import PlanConfig, compose, main, plan, verdicts
+from sortednet.composition import compose
+from sortednet.plan import PlanConfig, main, plan, verdicts
 
 
 def test_soft_13b_on_eight_gpus():

@@ -20,18 +20,14 @@ Step time: analytic FLOPs of the step (sortednet.flops) over N x peak x MFU.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from sortednet.composition import compose_checked, training_options
 from sortednet.errors import SortedNetError
 
 GIB = 1024**3
 CARDS = {"8x80GB": 80, "8x40GB": 40, "8x32GB (paper, V100)": 32}
-CONF = Path(__file__).parent / "conf"  # the package's own configs (the repo's top-level conf/ links here)
 
 
 @dataclass
@@ -50,17 +46,6 @@ class PlanArgs:
 
     plan: PlanConfig = field(default_factory=PlanConfig)
     """What the plan assumes beyond the training config."""
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import sortednet.train  # noqa: F401  (registers the schema)
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=["run_dir=/tmp/unused", *overrides])
-    return OmegaConf.to_object(cfg)
 
 
 def plan(cfg, settings: PlanConfig) -> dict:
@@ -173,12 +158,6 @@ def check_plan(settings: PlanConfig) -> None:
         raise SortedNetError(f"plan.peak_tflops={settings.peak_tflops} must be > 0 (A100 bf16: plan.peak_tflops=312)")
 
 
-def training_options() -> dict[str, list[str]]:
-    """The training config groups (``experiment``, ``objective``, ...) and their options, from the package's configs."""
-    found = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONF.iterdir()) if d.is_dir()}
-    return {name: options for name, options in found.items() if options and name != "hydra"}
-
-
 def help_text() -> str:
     from sortednet import cli
     from sortednet.config import TrainConfig
@@ -188,30 +167,6 @@ def help_text() -> str:
         f"{cli.usage(__doc__, PlanArgs)}\n\ntraining groups:\n{groups}\n\n"
         f"training keys (as python -m sortednet.train takes them):\n{cli.describe(TrainConfig)}"
     )
-
-
-def compose_checked(overrides: list[str]):
-    """:func:`compose`, with Hydra's and OmegaConf's refusals as one-line errors that name the key."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException, ValidationError
-
-    from sortednet import cli
-    from sortednet.config import TrainConfig
-
-    try:
-        return compose(overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        cause, lines = error.__cause__, str(error).split("\nConfig search path")[0].splitlines()
-        key = getattr(cause, "full_key", None)
-        keys = cli.config_keys(TrainConfig)
-        if isinstance(cause, ValidationError) and key in keys:
-            text = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), "")
-            raise cli.wrong_type(key, text, keys[key].type) from error
-        message = " ".join(line.strip() for line in lines if "To append" not in line).rstrip(".")
-        if isinstance(cause, ConfigAttributeError) and key:
-            close = difflib.get_close_matches(key, [*keys, *training_options()], n=3, cutoff=0.6)
-            message += ": not a training setting" + (f"; did you mean {' or '.join(close)}?" if close else "")
-        raise SortedNetError(f"{message}; python -m sortednet.plan --help lists the training keys") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         settings = cli.parse([a for a, mine in zip(args, own, strict=True) if mine], PlanArgs).plan
         check_plan(settings)
-        cfg = compose_checked([a for a, mine in zip(args, own, strict=True) if not mine])
+        cfg = compose_checked([a for a, mine in zip(args, own, strict=True) if not mine], "sortednet.plan")
         check_settings(cfg)
         print(format_plan(plan(cfg, settings), settings))
 

@@ -9,36 +9,15 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict, read_write
 
 from sortednet.compat import spawns_ranks_by_rerunning_the_script
+from sortednet.composition import check_command_line
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
 from sortednet.rundir import save_run_config
-
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def _help_template() -> str:
-    """``--help``: Hydra's groups and composed config, with every key's type, default and docstring between."""
-    from sortednet.cli import describe
-
-    keys = describe(TrainConfig).replace("${", "\\${")  # a docstring is text, not an interpolation
-    return "\n".join([
-        __doc__.strip(), "",
-        "== Configuration groups ==", "Compose your configuration from those groups (group=option)", "",
-        "$APP_CONFIG_GROUPS", "",
-        "== Keys ==", "Each key's type, schema default and meaning (the values a run uses: == Config ==)", "",
-        keys, "",
-        "== Config ==", "The config these arguments compose; override anything in it (foo.bar=value)", "",
-        "$CONFIG", "",
-    ])  # fmt: skip
-
-
-ConfigStore.instance().store(group="hydra/help", name="sortednet", node={"template": _help_template()})
 
 
 def build_module(cfg: TrainConfig):
@@ -331,4 +310,8 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])
+    except SortedNetError as error:
+        _fail(str(error))
     main()

@@ -97,9 +97,7 @@ def tokenized_split(config, tokenizer, cache_dir: str | os.PathLike):
     return (dataset, *split(len(dataset), config.val_size, config.seed, config.max_train_samples))
 
 
-def split(
-    n: int, val_size: int | float, seed: int, max_train: int | None = None
-) -> tuple[list[int], list[int]]:
+def split(n: int, val_size: int | float, seed: int, max_train: int | None = None) -> tuple[list[int], list[int]]:
     """A seeded (train, validation) split of ``range(n)``; ``val_size`` is a count or a fraction, and the
     train part keeps its first ``max_train`` rows of the seeded order (the validation part does not change)."""
     n_val = round(val_size * n) if isinstance(val_size, float) and val_size < 1 else int(val_size)

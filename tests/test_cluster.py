@@ -1,4 +1,5 @@
-"""Sweeps of multi-process jobs: the SLURM launcher config, and a local `-m` sweep with strategy=ddp."""
+"""Multi-process runs: the SLURM launcher config, a local `-m` sweep with strategy=ddp, a dead peer, and the
+validation mean that every rank must compute together."""
 
 from __future__ import annotations
 
@@ -152,3 +153,61 @@ def _session_members(session: int) -> list[int]:
                 if int(fields[3]) == session and fields[0] != "Z":
                     found.append(int(entry.name))
     return found
+
+
+def _validation_end_on_rank(rank: int, port: int, queue) -> None:
+    """SortedModule.on_validation_epoch_end on one of 2 gloo ranks; only rank 0 saw label tokens."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from torchmetrics import MeanMetric
+
+    from sortednet.module import SortedModule
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+
+    def reduce(tensor, reduce_op):
+        dist.all_reduce(tensor)
+        return tensor
+
+    logged = {}
+    stub = SimpleNamespace(
+        eval_exits=[2, 4],
+        device=torch.device("cpu"),
+        val_loss={"2": MeanMetric(), "4": MeanMetric()},
+        trainer=SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce)),
+        log=lambda key, value, **_: logged.__setitem__(key, float(value)),
+    )
+    if rank == 0:
+        stub.val_loss["2"].update(torch.tensor(2.0), weight=3)
+        stub.val_loss["4"].update(torch.tensor(1.0), weight=3)
+    SortedModule.on_validation_epoch_end(stub)
+    queue.put((rank, logged))
+    dist.destroy_process_group()
+
+
+def test_validation_end_is_collective_when_one_rank_had_no_label_tokens():
+    """The per-exit val mean syncs over ranks: a rank with nothing to add joins the sync instead of leaving its
+    peers waiting in it (the process group's 30-minute timeout)."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    ranks = [context.Process(target=_validation_end_on_rank, args=(r, port, queue)) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    try:
+        results = dict(queue.get(timeout=120) for _ in ranks)
+    finally:
+        for process in ranks:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    for rank in (0, 1):
+        assert results[rank]["val/loss_exit_2"] == pytest.approx(2.0)
+        assert results[rank]["val/loss"] == results[rank]["val/loss_exit_4"] == pytest.approx(1.0)

@@ -280,10 +280,17 @@ class SortedModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         last = self.eval_exits[-1]
-        for e in self.eval_exits:
+        # compute() syncs over ranks: every rank must call it, or none. A rank whose validation rows had no label
+        # tokens adds a weight-0 update (nothing to the mean) instead of skipping the collective the others wait in.
+        updated = torch.tensor([float(self.val_loss[str(e)].update_count > 0) for e in self.eval_exits])
+        if self.trainer.world_size > 1:
+            updated = self.trainer.strategy.reduce(updated.to(self.device), reduce_op="sum").cpu()
+        for e, any_rank in zip(self.eval_exits, updated.tolist(), strict=True):
             metric = self.val_loss[str(e)]
-            if metric.update_count == 0:
+            if not any_rank:
                 continue
+            if metric.update_count == 0:
+                metric.update(torch.zeros((), device=self.device), weight=0.0)
             value = metric.compute()
             self.log(f"val/loss_exit_{e}", value)
             self.log(f"val/ppl_exit_{e}", torch.exp(value))

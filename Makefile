@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint clean
+.PHONY: install train test test-all lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,7 +21,12 @@ install: $(STAMP)
 train: install
 	$(PY) -m sortednet.train $(ARGS)
 
+# The suite without the tests marked slow (multi-process runs, torch.compile): what to run while working.
 test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Every test, the slow ones included: what CI runs.
+test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -187,6 +187,7 @@ def _validation_end_on_rank(rank: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_validation_end_is_collective_when_one_rank_had_no_label_tokens():
     """The per-exit val mean syncs over ranks: a rank with nothing to add joins the sync instead of leaving its
     peers waiting in it (the process group's 30-minute timeout)."""

@@ -160,7 +160,11 @@ def test_lora_run_resumes_from_its_adapter_checkpoint(lora_run, tmp_path, cache_
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(make_rows(48)))
     overrides = [f"data.path={data}", "data.val_size=8", "data.batch_size=8", "eval.num_generate=0", "logger=csv"]
-    succeeded(run_cli(tmp_path, "resumed", *overrides, *LORA, "trainer.max_steps=6", f"ckpt_path={ckpt}"))
+    succeeded(
+        run_cli(
+            tmp_path, "resumed", *overrides, *LORA, "trainer.max_steps=6", "trainer.max_epochs=5", f"ckpt_path={ckpt}"
+        )
+    )
     assert run_checkpoint(tmp_path / "resumed")["global_step"] == 6
 
 

@@ -32,6 +32,7 @@ def test_train_cli_with_adamw8bit(tmp_path, cache_dir):
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(make_rows(24)))
     settings = ["data.val_size=8", "data.batch_size=8", "eval.num_generate=0", "logger=csv", "trainer.max_steps=4"]
+    settings += ["trainer.max_epochs=5"]  # 2 steps an epoch
     succeeded(
         run_cli(
             tmp_path, "run", f"data.path={data}", "optimizer=adamw8bit", *settings, "trainer.val_check_interval=1.0"

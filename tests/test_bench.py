@@ -52,6 +52,7 @@ def test_spread_exits():
     assert spread_exits(40, 8) == [5, 10, 15, 20, 25, 30, 35, 40]
 
 
+@pytest.mark.slow
 def test_bench_train_prints_a_table(tmp_path):
     # Each row runs in its own process (for its peak memory): run_process kills the whole group on a timeout.
     process = run_process(

@@ -85,6 +85,7 @@ def _reference(directory: Path, tasks: list[str], include_path: Path, log_sample
     return simple_evaluate(model=model, tasks=tasks, task_manager=manager, log_samples=log_samples)
 
 
+@pytest.mark.slow
 def test_each_exit_gives_lm_evals_numbers_for_its_exported_sub_model(setup, tmp_path, capsys):
     root, tasks = setup["root"], setup["tasks"]
     exported = tmp_path / "exit4"

@@ -49,6 +49,7 @@ def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
     assert any(p.name.startswith("step") for p in (run_dir / "checkpoints").iterdir())  # best by val/loss
 
 
+@pytest.mark.slow
 def test_resume_restores_step_optimizer_and_schedule(tmp_path, cache_dir, data_file):
     common = [f"data.path={data_file}", "logger=csv", "eval.num_generate=0", *SMALL[:3]]
     succeeded(run_cli(tmp_path, "first", *common, "trainer.max_epochs=1"))
@@ -71,6 +72,7 @@ def test_resume_restores_step_optimizer_and_schedule(tmp_path, cache_dir, data_f
     assert sorted({int(r["step"]) for r in csv_metrics(tmp_path / "resumed") if r["train/loss"]}) == list(range(5, 10))
 
 
+@pytest.mark.slow
 def test_sft_then_ict_then_extracted(tmp_path, cache_dir, data_file):
     common = [f"data.path={data_file}", "logger=csv", "trainer.max_epochs=1", *SMALL]
     out = succeeded(run_cli(tmp_path, "sft", *common, "objective=sft"))

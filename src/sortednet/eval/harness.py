@@ -13,6 +13,7 @@ from the user's own YAML files (``include_path=DIR``, read by ``TaskManager(incl
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -33,11 +34,19 @@ def task_manager(include_path: str | None):
             "suite=lm_eval needs lm-evaluation-harness, which is not installed; pip install 'sortednet[eval]'"
         ) from error
     if include_path is None:
-        return TaskManager()
+        return _indexed(TaskManager, None)
     directory = Path(include_path).expanduser()
     if not directory.is_dir():
         raise SortedNetError(f"include_path={include_path!r} is not a directory; pass a directory of task YAML files")
-    return TaskManager(include_path=str(directory.absolute()))
+    return _indexed(TaskManager, str(directory.absolute()))
+
+
+@functools.lru_cache(maxsize=4)
+def _indexed(manager_type, include_path: str | None):
+    """A TaskManager per task directory, built once per process: it indexes every task YAML (seconds), and a
+    process that evaluates several checkpoints (or tests) asks again with the same directory (YAML files edited
+    meanwhile are not read again)."""
+    return manager_type() if include_path is None else manager_type(include_path=include_path)
 
 
 def check_tasks(manager, tasks: Sequence[str]) -> list[str]:

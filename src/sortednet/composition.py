@@ -83,7 +83,8 @@ def compose_checked(overrides: list[str], command: str) -> TrainConfig:
 
 
 def _group_keys(key: str) -> list[str]:
-    """The keys the default option of ``key``'s group sets (``trainer.max_epochs``, ...): the ones a typo misses."""
+    """The keys the options of ``key``'s group set (``trainer.max_epochs``, ...): open dicts the schema does not list,
+    so a typo of one is suggested from here."""
     group = key.split(".")[0]
     path = CONF / group
     if not path.is_dir():

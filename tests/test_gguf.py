@@ -221,6 +221,7 @@ def test_an_unsupported_architecture_is_one_line(tokenizer, tmp_path):
 # ---------------------------------------------------------------- training from a GGUF
 
 
+@pytest.mark.slow
 def test_training_from_a_gguf_and_rebuilding_from_its_checkpoint(untied, tmp_path, cache_dir):
     lm, path = untied
     data = tmp_path / "data.json"

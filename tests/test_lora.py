@@ -155,6 +155,7 @@ def test_adapter_export_refuses_what_it_cannot_write(lora_run, tmp_path, capsys)
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_lora_run_resumes_from_its_adapter_checkpoint(lora_run, tmp_path, cache_dir):
     ckpt = lora_run / "checkpoints" / "last.ckpt"
     data = tmp_path / "rows.json"

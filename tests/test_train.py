@@ -126,6 +126,7 @@ def test_any_local_checkpoint_and_jsonl_file(tmp_path, cache_dir, embedded_root,
     assert run_checkpoint(tmp_path / "own")["sortednet"]["hf_config"]["model_type"] == "mistral"
 
 
+@pytest.mark.slow
 def test_wandb_logs_offline_without_credentials(tmp_path, cache_dir, data_file):
     out = succeeded(run_cli(tmp_path, "wb", f"data.path={data_file}", "trainer.max_epochs=1", *SMALL))
     offline_runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))

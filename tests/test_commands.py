@@ -194,3 +194,16 @@ def test_field_docs_are_read_from_the_source():
         "values": "Numbers.", "group": "The group.",
     }  # fmt: skip
     assert cli.groups(_Settings) == {"group": "The group."}
+
+
+def test_train_leaves_a_users_config_directories_to_hydra(tmp_path):
+    """An option from the user's own config directory (``hydra.searchpath`` or ``--config-dir``) is not refused
+    up front: only Hydra, which searches there, knows it."""
+    from sortednet.composition import check_command_line
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name_or_path: embedded\n")
+    with pytest.raises(SortedNetError, match="Could not find 'model/mine'"):
+        check_command_line(["model=mine"])
+    check_command_line([f"hydra.searchpath=[file://{tmp_path}]", "model=mine"])
+    check_command_line(["--config-dir", str(tmp_path), "model=mine"])

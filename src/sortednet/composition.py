@@ -94,8 +94,9 @@ def _group_keys(key: str) -> list[str]:
 
 def check_command_line(argv: list[str]) -> None:
     """Compose what a training command line asks for (a sweep: its first job) and raise its refusal as one line,
-    before Hydra runs, starts a sweep or writes anything. Hydra's own flags (``--help``, ``--cfg``, ...) are left
-    to Hydra, as are ``hydra.*`` overrides."""
+    before Hydra runs, starts a sweep or writes anything. Hydra's own flags (``--help``, ``--cfg``,
+    ``--config-dir``, ...) and a ``hydra.searchpath`` leave the whole check to Hydra; other ``hydra.*`` overrides
+    are Hydra's alone."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -105,6 +106,8 @@ def check_command_line(argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides([a for a in argv if a not in SWEEP_FLAGS])
     except HydraException as error:
         raise SortedNetError(f"{' '.join(str(error).split())}; write overrides as key=value") from error
+    if any(o.key_or_group.startswith("hydra.searchpath") for o in parsed):
+        return  # the user's own config directories: what they add is Hydra's to find
     first = [
         f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
         for o in parsed

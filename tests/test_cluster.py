@@ -75,20 +75,26 @@ def test_local_sweep_with_ddp_runs_each_job_once_on_two_processes(tmp_path, cach
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ... ([] once it is gone)."""
+    with contextlib.suppress(OSError, IndexError):
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return []
+
+
+def _processes(field: int, value: int) -> list[int]:
+    """Live processes whose stat field ``field`` (1: parent, 3: session) is ``value``."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [pid for pid in pids if (fields := _stat(pid)) and int(fields[field]) == value and fields[0] != "Z"]
+
+
 def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
+    return _processes(1, pid)
 
 
 def _alive(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def _wait_until(condition, timeout: float) -> bool:
@@ -134,25 +140,13 @@ def test_a_sweep_job_whose_rank_dies_stops_all_its_ranks_with_one_line(tmp_path,
                 assert process.wait(timeout=10) == 1
                 expected = f"sortednet: error: rank 1 (pid {child}) exited with status -9; stopped the other ranks"
             assert expected in err.splitlines(), err[-3000:]
-            assert not _session_members(process.pid), f"{victim} killed: processes of the sweep remain"
+            assert not _processes(3, process.pid), f"{victim} killed: processes of the sweep remain"
             assert not (tmp_path / victim / "1").exists()  # the sweep stopped with its failed job
     finally:
         for process in runs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-
-
-def _session_members(session: int) -> list[int]:
-    """Live processes of the session ``session`` (its leader's pid): the ranks a sweep started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[3]) == session and fields[0] != "Z":
-                    found.append(int(entry.name))
-    return found
 
 
 def _validation_end_on_rank(rank: int, port: int, queue) -> None:

@@ -71,12 +71,14 @@ train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed from its la
   fi
   timed "train_$name" $py -m sortednet.train "${common[@]}" "$@" "${resume[@]}" hydra.run.dir="$dir"
 }
-# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict"); its evaluation then goes to its own directory.
+# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict") or adds soft_depth (SoFT under loss=depth); its
+# evaluation then goes to its own directory.
 read -r -a objectives <<<"${OBJECTIVES:-soft sft ict extracted}"
 ckpts=() names=()
 for objective in "${objectives[@]}"; do
   case $objective in
     soft | sft) train "$objective" objective="$objective" ;;
+    soft_depth) train soft_depth objective=soft loss=depth ;;  # SoFT with deeper exits weighted more (last-exit gap)
     ict) train ict objective=ict objective.init_from="$(latest "$root/sft")/checkpoints/last.ckpt" ;;
     extracted) train extracted objective=extracted objective.layers=18 ;;
     *) echo "unknown objective $objective in OBJECTIVES" >&2 && exit 2 ;;
@@ -119,8 +121,8 @@ bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.
   mv "$eval/$name.txt.partial" "$eval/$name.txt"
   cat "$eval/$name.txt"
 }
-bench bench_generate "draft_exits=${BENCH_DRAFTS:-[9,15,21]}"
-bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[9,15]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
+bench bench_generate "draft_exits=${BENCH_DRAFTS:-[21,24,27]}"
+bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[21,27]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
 
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
 {
@@ -135,7 +137,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
   echo
   $py experiments/summarise_evaluation.py "$eval"
-  for part in "$root"/{soft,sft,ict,extracted}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted,soft_depth}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"

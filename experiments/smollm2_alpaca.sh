@@ -102,6 +102,10 @@ evaluate() {  # evaluate NAME SUITE key=value...: one suite, its table kept in $
   cat "$eval/$name.txt"
 }
 evaluate loss loss ckpt="$all" names="$names" data="$root/data/heldout.json" max_length=256
+if [[ ! -f $eval/base_loss.txt ]]; then  # the reference row: the pretrained model's exits, no fine-tuning
+  timed eval_base_loss $py experiments/base_exits.py "$model" "$root/data/heldout.json" >"$eval/base_loss.txt.partial"
+  mv "$eval/base_loss.txt.partial" "$eval/base_loss.txt"
+fi
 evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/heldout.json" \
   limit="${GENERATE_LIMIT:-24}" max_new_tokens="${MAX_NEW_TOKENS:-48}" batch_size=8
 evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-60}" batch_size=16
@@ -138,7 +142,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
   echo
   $py experiments/summarise_evaluation.py "$eval"
-  for part in "$root"/{soft,sft,ict,extracted,soft_depth}{,/resume-*}/exit_report.txt "$eval"/{loss,generate,triviaqa,analysis,analysis_sft,pareto,bench_generate,bench_batches}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted,soft_depth}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,analysis_sft,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"

@@ -127,7 +127,9 @@ bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.
   cat "$eval/$name.txt"
 }
 bench bench_generate "draft_exits=${BENCH_DRAFTS:-[21,24,27]}"
-bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[21,27]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
+# BENCH_BATCHES=none skips the batch sweep (e.g. to write the report sooner)
+[[ ${BENCH_BATCHES:-} == none ]] ||
+  bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[21,27]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
 
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
 {

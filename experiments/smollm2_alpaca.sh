@@ -110,7 +110,6 @@ evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/h
   limit="${GENERATE_LIMIT:-24}" max_new_tokens="${MAX_NEW_TOKENS:-48}" batch_size=8
 evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-60}" batch_size=16
 evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=12
-evaluate analysis_sft analysis ckpt="[$sft,$soft]" names=[sft,soft] instructions="$root/data/heldout.json" limit=12
 evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" \
   instructions="$root/data/heldout.json" limit=24
 
@@ -144,7 +143,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
   echo
   $py experiments/summarise_evaluation.py "$eval"
-  for part in "$root"/{soft,sft,ict,extracted,soft_depth}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,analysis_sft,pareto,bench_generate,bench_batches}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted,soft_depth}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"

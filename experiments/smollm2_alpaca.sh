@@ -14,7 +14,7 @@ py=${PY:-.venv/bin/python}
 root=${ROOT:-outputs/smollm2_alpaca}
 steps=${STEPS:-40}
 lr=${LR:-1e-4}
-val_every=${VAL_EVERY:-10}
+val_every=${VAL_EVERY:-20}
 heldout=${HELDOUT:-200}
 alpaca=${ALPACA:-../shared/data/alpaca/alpaca_5000.json}
 trivia=${TRIVIAQA:-../shared/data/triviaqa/triviaqa_sm_sub.jsonl}
@@ -108,26 +108,26 @@ if [[ ! -f $eval/base_loss.txt ]]; then  # the reference row: the pretrained mod
 fi
 evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/heldout.json" \
   limit="${GENERATE_LIMIT:-24}" max_new_tokens="${MAX_NEW_TOKENS:-48}" batch_size=8
-evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-60}" batch_size=16
+evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-30}" batch_size=16
 evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=12
 evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" \
   instructions="$root/data/heldout.json" limit=24
 
 # 5. Decoding on the real SoFT model (batch 1, greedy, held-out instructions at their natural lengths: stop at
 # <|im_end|> or BENCH_TOKENS): exit-K, self-speculative from several draft exits, dynamic exits calibrated on
-# the next BENCH_PROMPTS held-out rows, and Hugging Face's assistant_early_exit as the peer; then batches.
+# the next BENCH_PROMPTS held-out rows, and Hugging Face's assistant_early_exit as the peer; then, opt-in, batches.
 bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.txt
   local name=$1
   shift
   [[ -f $eval/$name.txt ]] && return
   timed "$name" $py -m sortednet.bench generate ckpt="$soft" data="$root/data/heldout.json" \
-    prompts="${BENCH_PROMPTS:-16}" max_new_tokens="${BENCH_TOKENS:-96}" threads="$(nproc)" "$@" >"$eval/$name.txt.partial"
+    prompts="${BENCH_PROMPTS:-8}" max_new_tokens="${BENCH_TOKENS:-96}" threads="$(nproc)" "$@" >"$eval/$name.txt.partial"
   mv "$eval/$name.txt.partial" "$eval/$name.txt"
   cat "$eval/$name.txt"
 }
-bench bench_generate "draft_exits=${BENCH_DRAFTS:-[21,24,27]}"
-# BENCH_BATCHES=none skips the batch sweep (e.g. to write the report sooner)
-[[ ${BENCH_BATCHES:-} == none ]] ||
+bench bench_generate "draft_exits=${BENCH_DRAFTS:-[21,27]}"
+# The batch sweep (issue #13's table) is opt-in: BENCH_BATCHES=[1,4,16]
+[[ ${BENCH_BATCHES:-none} == none ]] ||
   bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[21,27]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
 
 for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
@@ -138,7 +138,11 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo "8 rows (<= 256 tokens), lr $lr cosine (warm-up $((steps / 10)), floor 0.1), seed 42; held-out: $heldout rows."
   echo
   echo "Wall times (s, on $(nproc) cores; a skipped stage keeps the time of the run that made it):"
-  for file in "$root"/times/*; do echo "- $(basename "$file"): $(cat "$file")"; done
+  total=0
+  for file in "$root"/times/*; do
+    echo "- $(basename "$file"): $(cat "$file")" && total=$((total + $(cat "$file")))
+  done
+  echo "- sum: $total s ($((total / 60)) min)"
   echo
   echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
   echo

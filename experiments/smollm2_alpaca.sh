@@ -110,8 +110,7 @@ evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/h
   limit="${GENERATE_LIMIT:-24}" max_new_tokens="${MAX_NEW_TOKENS:-48}" batch_size=8
 evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-30}" batch_size=16
 evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=12
-evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" \
-  instructions="$root/data/heldout.json" limit=24
+evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" max_length=256
 
 # 5. Decoding on the real SoFT model (batch 1, greedy, held-out instructions at their natural lengths: stop at
 # <|im_end|> or BENCH_TOKENS): exit-K, self-speculative from several draft exits, dynamic exits calibrated on

@@ -239,6 +239,42 @@ def test_pareto_suite_on_loss_with_recorded_costs(ckpts, rows_file, tmp_path, ca
     assert (out / "pareto.png").stat().st_size > 0
 
 
+def test_pareto_reads_the_loss_suite_of_its_out_under_the_same_settings_only(ckpts, rows_file, tmp_path, capsys):
+    """suite=loss then suite=pareto metric=loss into one `out`: the Pareto points take loss.csv's values (edited
+    here, so reading is told apart from computing); a rewritten checkpoint or another max_length computes again."""
+    from sortednet.inference.latency import PROFILE_REPEATS, PROFILE_TOKENS, device_key
+
+    path = tmp_path / "soft.ckpt"
+    shutil.copyfile(ckpts["soft"], path)
+    key = device_key(torch.device("cpu"), torch.float32)
+    profile = {key: {"tokens": PROFILE_TOKENS, "repeats": PROFILE_REPEATS, "ms_per_token": {"2": 1.0, "8": 4.0}}}
+    Path(f"{path}.latency.json").write_text(json.dumps(profile))
+    out = tmp_path / "run"
+    common = [f"ckpt={path}", "exits=[2,8]", f"data={rows_file}", "device=cpu", f"out={out}"]
+    code, _, err = _run(["suite=loss", *common], capsys)
+    assert code == 0, err
+    measured = [float(r["loss"]) for r in _read_csv(out / "loss.csv")]
+    text = (out / "loss.csv").read_text()
+    for value, edited in zip(measured, ("11.5", "7.25"), strict=True):
+        text = text.replace(f",{value!r},", f",{edited},")
+    (out / "loss.csv").write_text(text)
+
+    code, _, err = _run(["suite=pareto", "metric=loss", *common], capsys)
+    assert code == 0, err
+    assert "loss read from" in err
+    assert [float(r["loss"]) for r in _read_csv(out / "pareto.csv")] == [11.5, 7.25]
+
+    code, _, err = _run(["suite=pareto", "metric=loss", *common, "max_length=64"], capsys)
+    assert code == 0, err
+    assert "loss read from" not in err
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the checkpoint rewritten
+    code, _, err = _run(["suite=pareto", "metric=loss", *common], capsys)
+    assert code == 0, err
+    assert "loss read from" not in err
+    # nothing written is overwritten: the later runs' tables are pareto-2.csv and pareto-3.csv
+    assert [float(r["loss"]) for r in _read_csv(out / "pareto-3.csv")] == pytest.approx(measured)
+
+
 def _loss_run(ckpt, rows_file, tmp_path, capsys) -> Path:
     out = tmp_path / "loss-run"
     code, _, err = _run(["suite=loss", f"ckpt={ckpt}", f"data={rows_file}", "exits=[2,8]", f"out={out}"], capsys)

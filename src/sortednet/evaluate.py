@@ -240,6 +240,20 @@ def _show(text: str) -> None:
 # ---------------------------------------------------------------- suites
 
 
+def loss_settings(cfg, ckpt_path: str) -> dict:
+    """What a checkpoint's per-exit loss depends on, recorded in ``loss.csv`` so ``suite=pareto metric=loss``
+    in the same ``out`` reads it instead of computing it again."""
+    from sortednet.eval.generation import checkpoint_stamp
+
+    return {
+        "data": cfg.data or "embedded",
+        "max_length": cfg.max_length,
+        "limit": "" if cfg.limit is None else cfg.limit,
+        "ckpt": ckpt_path,
+        "ckpt_stamp": checkpoint_stamp(ckpt_path),
+    }
+
+
 def run_loss(cfg, paths, names, run) -> list[dict]:
     from sortednet.eval.loss import loss_suite
     from sortednet.eval.output import plot_per_exit
@@ -251,7 +265,7 @@ def run_loss(cfg, paths, names, run) -> list[dict]:
             ckpt.net, ckpt.tokenizer, ckpt.meta, ckpt.exits, data, cfg.batch_size,
             max_length=cfg.max_length, cache_dir=cfg.cache_dir, limit=cfg.limit,
         )  # fmt: skip
-        table += [{"name": ckpt.name, **row, "data": data, "ckpt": ckpt.path} for row in rows]
+        table += [{"name": ckpt.name, **row, **loss_settings(cfg, ckpt.path)} for row in rows]
     run.table("loss", table)
     run.figure("loss", plot_per_exit(table, [("loss", "validation loss (response tokens)")], f"per-exit loss, {data}"))
     _show(_table(table, ["name", "exit", "loss", "ppl", "tokens", "rows"], f"per-exit loss on {data}"))
@@ -541,14 +555,18 @@ def pareto_points(cfg, paths, names, run) -> list[dict]:
     costs: dict[tuple[str, int], float] = {}
     for ckpt in checkpoints(cfg, paths, names):
         if cfg.metric == "loss":
-            from sortednet.eval.loss import loss_suite
+            recorded = _recorded_loss(run.root, loss_settings(cfg, ckpt.path), ckpt.exits)
+            if recorded:
+                print(f"{ckpt.name}: loss read from {run.root}/loss.csv (suite=loss, same settings)", file=sys.stderr)
+            else:
+                from sortednet.eval.loss import loss_suite
 
-            data = cfg.data or "embedded"
-            for row in loss_suite(
-                ckpt.net, ckpt.tokenizer, ckpt.meta, ckpt.exits, data, cfg.batch_size,
-                max_length=cfg.max_length, cache_dir=cfg.cache_dir, limit=cfg.limit,
-            ):  # fmt: skip
-                quality[(ckpt.name, row["exit"])] = row["loss"]
+                rows = loss_suite(
+                    ckpt.net, ckpt.tokenizer, ckpt.meta, ckpt.exits, cfg.data or "embedded", cfg.batch_size,
+                    max_length=cfg.max_length, cache_dir=cfg.cache_dir, limit=cfg.limit,
+                )  # fmt: skip
+                recorded = {row["exit"]: row["loss"] for row in rows}
+            quality.update({(ckpt.name, e): loss for e, loss in recorded.items()})
         device = next(ckpt.net.parameters()).device
         # only the exits asked for are timed (the cache beside the checkpoint then holds those)
         subset = {**ckpt.meta, "exits": ckpt.exits}
@@ -562,6 +580,24 @@ def pareto_points(cfg, paths, names, run) -> list[dict]:
             raise SortedNetError(f"no {cfg.metric} for {name} exit {e}; run suite=pandalm with it among the rows")
         points.append({"name": name, "exit": e, "ms_per_token": cost, cfg.metric: quality[(name, e)]})
     return points
+
+
+def _recorded_loss(root: Path, settings: dict, exits: list[int]) -> dict[int, float] | None:
+    """``{exit: loss}`` from ``loss.csv`` in ``root`` when suite=loss wrote every exit asked for under the same
+    settings (rows, max_length, limit, the checkpoint file unchanged); else None."""
+    import csv
+
+    path = root / "loss.csv"
+    if not path.is_file():
+        return None
+    wanted = {key: str(value) for key, value in settings.items()}
+    with path.open(encoding="utf-8") as handle:
+        found = {
+            int(record["exit"]): float(record["loss"])
+            for record in csv.DictReader(handle)
+            if all(record.get(key) == value for key, value in wanted.items())
+        }
+    return {e: found[e] for e in exits} if all(e in found for e in exits) else None
 
 
 def _pandalm_quality(root: Path) -> dict[tuple[str, int], float]:

@@ -109,7 +109,7 @@ def meta_path(answers: Path) -> Path:
     return answers.with_name(answers.name.removesuffix(".jsonl") + ".meta.json")
 
 
-def _checkpoint_stamp(ckpt: str) -> str:
+def checkpoint_stamp(ckpt: str) -> str:
     """Size and modification time of the checkpoint's files: changes when it is rewritten."""
     path = Path(ckpt).expanduser()
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
@@ -121,7 +121,7 @@ def answer_settings(ckpt: str, exit_: int, items: list[dict], max_new_tokens: in
     digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "ckpt": str(Path(ckpt).expanduser().resolve()),
-        "ckpt_stamp": _checkpoint_stamp(ckpt),
+        "ckpt_stamp": checkpoint_stamp(ckpt),
         "exit": exit_,
         "instructions_sha256": digest,
         "instructions": len(items),

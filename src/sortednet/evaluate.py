@@ -245,8 +245,10 @@ def loss_settings(cfg, ckpt_path: str) -> dict:
     in the same ``out`` reads it instead of computing it again."""
     from sortednet.eval.generation import checkpoint_stamp
 
+    data = cfg.data or "embedded"
     return {
-        "data": cfg.data or "embedded",
+        "data": data,
+        "data_stamp": checkpoint_stamp(data) if Path(data).expanduser().is_file() else "",
         "max_length": cfg.max_length,
         "limit": "" if cfg.limit is None else cfg.limit,
         "ckpt": ckpt_path,
@@ -584,7 +586,7 @@ def pareto_points(cfg, paths, names, run) -> list[dict]:
 
 def _recorded_loss(root: Path, settings: dict, exits: list[int]) -> dict[int, float] | None:
     """``{exit: loss}`` from ``loss.csv`` in ``root`` when suite=loss wrote every exit asked for under the same
-    settings (rows, max_length, limit, the checkpoint file unchanged); else None."""
+    settings (rows, max_length, limit, the checkpoint and data files unchanged); else None."""
     import csv
 
     path = root / "loss.csv"

@@ -103,6 +103,31 @@ def test_loss_suite_equals_a_direct_exit_losses_pass(ckpts, rows_file, tmp_path,
     assert (out / "loss.csv").read_text() == before and len(_read_csv(out / "loss-2.csv")) == 1
 
 
+def test_per_exit_loss_batches_rows_of_similar_length():
+    """Rows are batched in length order (less padding); the token mean is the same as one row at a time."""
+    from sortednet.eval.loss import per_exit_loss
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.widths = []
+
+        def exit_losses(self, input_ids, attention_mask, labels, exits):
+            self.widths.append(input_ids.shape[1])
+            per_row = (labels[:, 1:] != -100).sum(1).float()  # a "loss" that is the row's length
+            mean = float(input_ids[:, :1].float().mul(per_row[:, None]).sum() / per_row.sum())
+            return None, {e: torch.tensor(mean) for e in exits}
+
+    lengths = [3, 20, 4, 19, 5, 18]
+    rows = [{"input_ids": [n] * n, "labels": [-100] + [1] * (n - 1)} for n in lengths]
+    net = Recorder()
+    batched = per_exit_loss(net, rows, [1], pad=0, batch_size=2)
+    assert net.widths == [4, 18, 20]
+    single = per_exit_loss(Recorder(), rows, [1], pad=0, batch_size=1)
+    assert batched[1]["loss"] == pytest.approx(single[1]["loss"]) and batched[1]["tokens"] == sum(lengths) - 6
+
+
 # ---------------------------------------------------------------- generate
 
 

@@ -42,11 +42,15 @@ def validation_rows(
 
 @torch.no_grad()
 def per_exit_loss(net, rows: list[dict], exits: list[int], pad: int, batch_size: int = 8) -> dict[int, dict]:
-    """``{exit: {"loss", "ppl", "tokens"}}``: the token-mean cross-entropy of each exit over ``rows``."""
+    """``{exit: {"loss", "ppl", "tokens"}}``: the token-mean cross-entropy of each exit over ``rows``.
+
+    Batches are cut from the rows sorted by length, so a batch pads to nearly its own rows' length (on Alpaca
+    rows of <= 256 tokens this halves the positions computed); a token mean does not depend on the order."""
     device = next(net.parameters()).device
     collate = Collator(pad)
     sums = dict.fromkeys(exits, 0.0)
     tokens = 0
+    rows = sorted(rows, key=lambda row: len(row["input_ids"]))
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
         n = count_labels(batch["labels"])

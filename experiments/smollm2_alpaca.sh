@@ -71,14 +71,15 @@ train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed from its la
   fi
   timed "train_$name" $py -m sortednet.train "${common[@]}" "$@" "${resume[@]}" hydra.run.dir="$dir"
 }
-# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict") or adds soft_depth (SoFT under loss=depth); its
-# evaluation then goes to its own directory.
+# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict") or adds soft_depth (SoFT under loss=depth) or soft_deep
+# (SoFT on exits 21-30 alone); its evaluation then goes to its own directory.
 read -r -a objectives <<<"${OBJECTIVES:-soft sft ict extracted}"
 ckpts=() names=()
 for objective in "${objectives[@]}"; do
   case $objective in
     soft | sft) train "$objective" objective="$objective" ;;
     soft_depth) train soft_depth objective=soft loss=depth ;;  # SoFT with deeper exits weighted more (last-exit gap)
+    soft_deep) train soft_deep objective=soft 'exits=[21,24,27,30]' ;;  # SoFT on the deep exits only (drafts for speculation)
     ict) train ict objective=ict objective.init_from="$(latest "$root/sft")/checkpoints/last.ckpt" ;;
     extracted) train extracted objective=extracted objective.layers=18 ;;
     *) echo "unknown objective $objective in OBJECTIVES" >&2 && exit 2 ;;
@@ -146,7 +147,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
   echo
   $py experiments/summarise_evaluation.py "$eval"
-  for part in "$root"/{soft,sft,ict,extracted,soft_depth}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted,soft_depth,soft_deep}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"

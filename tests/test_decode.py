@@ -61,6 +61,31 @@ def test_speculative_reuses_the_drafts_layers():
     assert stats["layer_evals_per_token"] * 30 <= 4 * (4 + 29) + 4 * rejected
 
 
+def test_a_round_of_d_accepted_drafts_commits_d_plus_one_tokens(monkeypatch):
+    """The draft head runs only for drafts the verifier then checks (none at the verifier's own position), and a
+    round whose d drafts all pass commits them plus the full model's next token."""
+    torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2)).eval()  # fmt: skip
+    with torch.no_grad():  # layer 4 adds nothing to the residual stream: exit 3 is the full model, drafts all pass
+        lm.model.layers[3].self_attn.o_proj.weight.zero_()
+        lm.model.layers[3].mlp.down_proj.weight.zero_()
+    net = SortedLM(lm)
+    heads = []
+    logits = decode.LayerStack.logits
+    monkeypatch.setattr(decode.LayerStack, "logits",
+                        lambda self, rows, positions, exit_: heads.append((exit_, len(positions)))
+                        or logits(self, rows, positions, exit_))  # fmt: skip
+    tokens, stats = generate(net, [3, 14, 15, 9], mode="speculative", draft_exit=3, max_new_tokens=30)
+    assert stats["acceptance"] == 1.0 and stats["drafted"] > 10
+    assert sum(n for exit_, n in heads if exit_ == 3) == stats["drafted"]
+    rounds = sum(1 for exit_, _ in heads if exit_ == 4) - 1  # the first token's call is not a round
+    assert 1 + stats["drafted"] + rounds == 30
+    assert tokens == generate(net, [3, 14, 15, 9], mode="exit", exit=4, max_new_tokens=30)[0]
+
+
 def test_speculative_sampling_is_seeded_and_stays_in_the_full_models_support(net):
     a, _ = generate(net, PROMPT, mode="speculative", draft_exit=3, max_new_tokens=20, do_sample=True, seed=5)
     b, _ = generate(net, PROMPT, mode="speculative", draft_exit=3, max_new_tokens=20, do_sample=True, seed=5)

@@ -377,51 +377,56 @@ def _exit_decode(stack: LayerStack, rows: list[_Row], exit_: int, sampler: Sampl
 
 
 def _speculative_round(
-    stack: LayerStack, rows: list[_Row], draft_exit: int, k: int, sampler: Sampler, out: _Emitter
+    stack: LayerStack, rows: list[_Row], draft_exit: int, n: int, sampler: Sampler, out: _Emitter
 ) -> tuple[list[_Row], int, int, int]:
-    """Every row drafts up to ``k`` tokens through exit E; layers >= E verify all of them in one call.
+    """Every row drafts up to ``n`` tokens through exit E; layers >= E verify all of them in one call.
 
-    Returns the rows still running, the tokens drafted, accepted and the next draft length.
+    Each row's newest token (the pending one, then each draft) runs through layers < E; the draft head
+    proposes the next token, except after the last pass: the verifier's choice at that position is
+    committed whatever a draft there would have been, so no head is spent on it. A row whose ``d``
+    drafts all pass commits them plus the full model's next token (``d + 1``); otherwise the accepted
+    drafts plus the full model's token where the first one erred. ``n = 0`` is a plain step.
+    Returns the rows still running, the tokens drafted, accepted and the next draft count.
     """
     full, E = stack.net.num_layers, draft_exit
     start = [row.pending for row in rows]
     stack.put(range(len(rows)), start, [row.tokens[-1] for row in rows])
     drafts: list[list[int]] = [[] for _ in rows]
-    drafting = list(range(len(rows)))
-    for j in range(k):
-        drafting = [i for i in drafting if len(drafts[i]) < out.left(rows[i]) and out.eos not in drafts[i]]
-        if not drafting:
+    running = list(range(len(rows)))  # rows whose newest token still needs its pass through layers < E
+    for j in range(n + 1):
+        index = torch.tensor(running, device=stack.device)
+        stack.advance(index, torch.tensor([start[i] + j + 1 for i in running], device=stack.device), 0, E)
+        # A row drafts on while a draft can still be committed: room for it and the verifier's token, no EOS.
+        running = [i for i in running if j < n and j + 1 < out.left(rows[i]) and out.eos not in drafts[i]]
+        if not running:
             break
-        index = torch.tensor(drafting, device=stack.device)
-        stack.advance(index, torch.tensor([start[i] + j + 1 for i in drafting], device=stack.device), 0, E)
-        positions = [start[i] + j for i in drafting]
-        tokens = sampler.pick(stack.logits(drafting, positions, E), [rows[i] for i in drafting],
+        positions = [start[i] + j for i in running]
+        tokens = sampler.pick(stack.logits(running, positions, E), [rows[i] for i in running],
                               [p + 1 for p in positions])  # fmt: skip
-        stack.put(drafting, [p + 1 for p in positions], tokens)
-        for i, token in zip(drafting, tokens, strict=True):
+        stack.put(running, [p + 1 for p in positions], tokens)
+        for i, token in zip(running, tokens, strict=True):
             drafts[i].append(token)
-    # Verify: every drafted position of every row, at depth E, through layers >= E in one call per layer.
-    ends = torch.tensor([s + len(d) for s, d in zip(start, drafts, strict=True)], device=stack.device)
+    # Verify: the pending position and every draft of every row, at depth E, through layers >= E in one call
+    # per layer.
+    ends = torch.tensor([s + len(d) + 1 for s, d in zip(start, drafts, strict=True)], device=stack.device)
     stack.advance(stack.all_rows(), ends, E, full)
-    flat = [(i, start[i] + j) for i, d in enumerate(drafts) for j in range(len(d))]
+    flat = [(i, start[i] + j) for i, d in enumerate(drafts) for j in range(len(d) + 1)]
     choices = sampler.pick(stack.logits([i for i, _ in flat], [p for _, p in flat], full),
                            [rows[i] for i, _ in flat], [p + 1 for _, p in flat])  # fmt: skip
-    drafted, accepted, next_k, at = 0, 0, 1, 0
+    drafted, accepted, next_n, at = 0, 0, 0, 0
     lengths = []
     for i, (row, d) in enumerate(zip(rows, drafts, strict=True)):
-        full_choice = choices[at : at + len(d)]
-        at += len(d)
-        n_ok = next((j for j, (a, b) in enumerate(zip(d, full_choice, strict=True)) if a != b), len(d))
-        committed = d[:n_ok] + full_choice[n_ok : n_ok + 1]  # the full model's token where the draft erred
+        full_choice = choices[at : at + len(d) + 1]
+        at += len(d) + 1
+        n_ok = next((j for j, (a, b) in enumerate(zip(d, full_choice, strict=False)) if a != b), len(d))
         drafted, accepted = drafted + len(d), accepted + n_ok
-        next_k = max(next_k, n_ok + 1 if n_ok == len(d) else n_ok)
-        # Positions up to the last accepted draft's input are right in every layer; the rest is dropped.
-        lengths.append(start[i] + n_ok + (1 if n_ok < len(d) else 0))
-        for token in committed:
+        next_n = max(next_n, n_ok + 1 if n_ok == len(d) else n_ok)
+        lengths.append(start[i] + n_ok + 1)  # the pending token and the accepted drafts are right in every layer
+        for token in d[:n_ok] + full_choice[n_ok : n_ok + 1]:
             if out.emit(row, token):
                 break
     stack.crop(range(len(rows)), lengths)
-    return _leave(stack, rows, out), drafted, accepted, next_k
+    return _leave(stack, rows, out), drafted, accepted, next_n
 
 
 def _speculative_decode(
@@ -429,7 +434,7 @@ def _speculative_decode(
 ) -> dict:
     full = stack.net.num_layers
     rows = _first_tokens(stack, rows, full, sampler, out)
-    k, drafted, accepted, plain_steps = 4, 0, 0, 0
+    n, drafted, accepted, plain_steps = 3, 0, 0, 0
     # Seconds per committed token, plain vs speculative (moving averages); drafting pauses while it loses.
     # The text does not depend on these timings: both paths emit the full model's token at every position.
     cost = {"plain": None, "spec": None}
@@ -443,10 +448,10 @@ def _speculative_decode(
             _update(cost, "plain", _clock() - began, committed)
             continue
         running = rows
-        rows, n_drafted, n_accepted, next_k = _speculative_round(stack, rows, draft_exit, k, sampler, out)
+        rows, n_drafted, n_accepted, next_n = _speculative_round(stack, rows, draft_exit, n, sampler, out)
         drafted, accepted = drafted + n_drafted, accepted + n_accepted
         _update(cost, "spec", _clock() - began, sum(len(row.tokens) for row in running) - before)
-        k = min(max_draft, next_k)
+        n = min(max_draft, next_n)
         rounds += 1
         if cost["plain"] is None:
             pause = 2 if rounds == 2 else 0  # time plain decoding itself once drafting has warmed up

@@ -386,25 +386,25 @@ def _speculative_round(
     committed whatever a draft there would have been, so no head is spent on it. A row whose ``d``
     drafts all pass commits them plus the full model's next token (``d + 1``); otherwise the accepted
     drafts plus the full model's token where the first one erred. ``n = 0`` is a plain step.
-    Returns the rows still running, the tokens drafted, accepted and the next draft count.
+    Returns the rows still drafting, the tokens drafted, accepted and the next draft count.
     """
     full, E = stack.net.num_layers, draft_exit
     start = [row.pending for row in rows]
     stack.put(range(len(rows)), start, [row.tokens[-1] for row in rows])
     drafts: list[list[int]] = [[] for _ in rows]
-    running = list(range(len(rows)))  # rows whose newest token still needs its pass through layers < E
+    drafting = list(range(len(rows)))  # rows whose newest token still needs its pass through layers < E
     for j in range(n + 1):
-        index = torch.tensor(running, device=stack.device)
-        stack.advance(index, torch.tensor([start[i] + j + 1 for i in running], device=stack.device), 0, E)
+        index = torch.tensor(drafting, device=stack.device)
+        stack.advance(index, torch.tensor([start[i] + j + 1 for i in drafting], device=stack.device), 0, E)
         # A row drafts on while a draft can still be committed: room for it and the verifier's token, no EOS.
-        running = [i for i in running if j < n and j + 1 < out.left(rows[i]) and out.eos not in drafts[i]]
-        if not running:
+        drafting = [i for i in drafting if j < n and j + 1 < out.left(rows[i]) and out.eos not in drafts[i]]
+        if not drafting:
             break
-        positions = [start[i] + j for i in running]
-        tokens = sampler.pick(stack.logits(running, positions, E), [rows[i] for i in running],
+        positions = [start[i] + j for i in drafting]
+        tokens = sampler.pick(stack.logits(drafting, positions, E), [rows[i] for i in drafting],
                               [p + 1 for p in positions])  # fmt: skip
-        stack.put(running, [p + 1 for p in positions], tokens)
-        for i, token in zip(running, tokens, strict=True):
+        stack.put(drafting, [p + 1 for p in positions], tokens)
+        for i, token in zip(drafting, tokens, strict=True):
             drafts[i].append(token)
     # Verify: the pending position and every draft of every row, at depth E, through layers >= E in one call
     # per layer.

@@ -61,18 +61,23 @@ def test_speculative_reuses_the_drafts_layers():
     assert stats["layer_evals_per_token"] * 30 <= 4 * (4 + 29) + 4 * rejected
 
 
-def test_a_round_of_d_accepted_drafts_commits_d_plus_one_tokens(monkeypatch):
-    """The draft head runs only for drafts the verifier then checks (none at the verifier's own position), and a
-    round whose d drafts all pass commits them plus the full model's next token."""
+def exact_draft_net() -> SortedLM:
+    """Four layers, the last adding nothing to the residual stream: exit 3 is the full model, its drafts all pass."""
     torch.manual_seed(0)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                       num_attention_heads=4, num_key_value_heads=2)).eval()  # fmt: skip
-    with torch.no_grad():  # layer 4 adds nothing to the residual stream: exit 3 is the full model, drafts all pass
+    with torch.no_grad():
         lm.model.layers[3].self_attn.o_proj.weight.zero_()
         lm.model.layers[3].mlp.down_proj.weight.zero_()
-    net = SortedLM(lm)
+    return SortedLM(lm)
+
+
+def test_a_round_of_d_accepted_drafts_commits_d_plus_one_tokens(monkeypatch):
+    """The draft head runs only for drafts the verifier then checks (none at the verifier's own position), and a
+    round whose d drafts all pass commits them plus the full model's next token."""
+    net = exact_draft_net()
     heads = []
     logits = decode.LayerStack.logits
     monkeypatch.setattr(decode.LayerStack, "logits",
@@ -84,6 +89,36 @@ def test_a_round_of_d_accepted_drafts_commits_d_plus_one_tokens(monkeypatch):
     rounds = sum(1 for exit_, _ in heads if exit_ == 4) - 1  # the first token's call is not a round
     assert 1 + stats["drafted"] + rounds == 30
     assert tokens == generate(net, [3, 14, 15, 9], mode="exit", exit=4, max_new_tokens=30)[0]
+
+
+def test_each_row_of_a_batch_sets_its_own_draft_count(monkeypatch):
+    """Row 1's drafts always fail (its draft head is turned upside down), row 0's always pass: row 0 drafts
+    more and more while row 1 falls back to a plain step and a one-token probe, and both stay lossless."""
+    net = exact_draft_net()
+    prompts = [[3, 14, 15, 9], [7, 2, 40, 11, 5]]
+    drafts_of, rounds = {0: 0, 1: 0}, 0
+    logits = decode.LayerStack.logits
+
+    def spoiled(self, rows, positions, exit_):
+        nonlocal rounds
+        out = logits(self, rows, positions, exit_)
+        if exit_ == 4:
+            rounds += 1
+        elif self.rows == 2:  # both rows still running: stack row 1 is prompt 1
+            for k, row in enumerate(rows):
+                drafts_of[row] += 1
+                if row == 1:
+                    out[k] = -out[k]
+        return out
+
+    monkeypatch.setattr(decode, "_clock", lambda: 0.0)  # never faster or slower: drafting stays on
+    monkeypatch.setattr(decode.LayerStack, "logits", spoiled)
+    tokens, stats = generate_batch(net, prompts, mode="speculative", draft_exit=3, max_new_tokens=40)
+    assert stats["plain_steps"] == 2  # the one timed pair of plain steps after the second round
+    # row 1: 3 drafts in its first round, then at most one every other round
+    assert drafts_of[1] <= 3 + (rounds + 1) // 2 < drafts_of[0]
+    monkeypatch.undo()
+    assert tokens == [generate(net, p, mode="exit", exit=4, max_new_tokens=40)[0] for p in prompts]
 
 
 def test_speculative_sampling_is_seeded_and_stays_in_the_full_models_support(net):

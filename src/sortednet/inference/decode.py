@@ -308,6 +308,7 @@ class _Row:
     noise: _Noise | None
     tokens: list[int] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)  # dynamic: the depth each token came from
+    next_drafts: int = 3  # speculative: how many tokens it drafts in its next round (0: a plain step)
 
     @property
     def pending(self) -> int:
@@ -377,27 +378,30 @@ def _exit_decode(stack: LayerStack, rows: list[_Row], exit_: int, sampler: Sampl
 
 
 def _speculative_round(
-    stack: LayerStack, rows: list[_Row], draft_exit: int, n: int, sampler: Sampler, out: _Emitter
-) -> tuple[list[_Row], int, int, int]:
-    """Every row drafts up to ``n`` tokens through exit E; layers >= E verify all of them in one call.
+    stack: LayerStack, rows: list[_Row], draft_exit: int, max_draft: int, sampler: Sampler, out: _Emitter
+) -> tuple[list[_Row], int, int]:
+    """Every row drafts up to ``row.next_drafts`` tokens through exit E; layers >= E verify them in one call.
 
     Each row's newest token (the pending one, then each draft) runs through layers < E; the draft head
     proposes the next token, except after the last pass: the verifier's choice at that position is
     committed whatever a draft there would have been, so no head is spent on it. A row whose ``d``
     drafts all pass commits them plus the full model's next token (``d + 1``); otherwise the accepted
-    drafts plus the full model's token where the first one erred. ``n = 0`` is a plain step.
-    Returns the rows still drafting, the tokens drafted, accepted and the next draft count.
+    drafts plus the full model's token where the first one erred. ``next_drafts = 0`` is a plain step.
+    Each row sets its own next draft count from its own acceptance (one more after all its drafts passed,
+    else as many as passed; at most ``max_draft``), so a row whose drafts fail stops paying for them while
+    its neighbours draft on. Returns the rows still running, the tokens drafted and accepted.
     """
     full, E = stack.net.num_layers, draft_exit
     start = [row.pending for row in rows]
     stack.put(range(len(rows)), start, [row.tokens[-1] for row in rows])
     drafts: list[list[int]] = [[] for _ in rows]
     drafting = list(range(len(rows)))  # rows whose newest token still needs its pass through layers < E
-    for j in range(n + 1):
+    limit = [row.next_drafts for row in rows]
+    for j in range(max(limit) + 1):
         index = torch.tensor(drafting, device=stack.device)
         stack.advance(index, torch.tensor([start[i] + j + 1 for i in drafting], device=stack.device), 0, E)
         # A row drafts on while a draft can still be committed: room for it and the verifier's token, no EOS.
-        drafting = [i for i in drafting if j < n and j + 1 < out.left(rows[i]) and out.eos not in drafts[i]]
+        drafting = [i for i in drafting if j < limit[i] and j + 1 < out.left(rows[i]) and out.eos not in drafts[i]]
         if not drafting:
             break
         positions = [start[i] + j for i in drafting]
@@ -413,20 +417,20 @@ def _speculative_round(
     flat = [(i, start[i] + j) for i, d in enumerate(drafts) for j in range(len(d) + 1)]
     choices = sampler.pick(stack.logits([i for i, _ in flat], [p for _, p in flat], full),
                            [rows[i] for i, _ in flat], [p + 1 for _, p in flat])  # fmt: skip
-    drafted, accepted, next_n, at = 0, 0, 0, 0
+    drafted, accepted, at = 0, 0, 0
     lengths = []
     for i, (row, d) in enumerate(zip(rows, drafts, strict=True)):
         full_choice = choices[at : at + len(d) + 1]
         at += len(d) + 1
         n_ok = next((j for j, (a, b) in enumerate(zip(d, full_choice, strict=False)) if a != b), len(d))
         drafted, accepted = drafted + len(d), accepted + n_ok
-        next_n = max(next_n, n_ok + 1 if n_ok == len(d) else n_ok)
+        row.next_drafts = min(max_draft, n_ok + 1 if n_ok == len(d) else n_ok)
         lengths.append(start[i] + n_ok + 1)  # the pending token and the accepted drafts are right in every layer
         for token in d[:n_ok] + full_choice[n_ok : n_ok + 1]:
             if out.emit(row, token):
                 break
     stack.crop(range(len(rows)), lengths)
-    return _leave(stack, rows, out), drafted, accepted, next_n
+    return _leave(stack, rows, out), drafted, accepted
 
 
 def _speculative_decode(
@@ -434,7 +438,7 @@ def _speculative_decode(
 ) -> dict:
     full = stack.net.num_layers
     rows = _first_tokens(stack, rows, full, sampler, out)
-    n, drafted, accepted, plain_steps = 3, 0, 0, 0
+    drafted, accepted, plain_steps = 0, 0, 0
     # Seconds per committed token, plain vs speculative (moving averages); drafting pauses while it loses.
     # The text does not depend on these timings: both paths emit the full model's token at every position.
     cost = {"plain": None, "spec": None}
@@ -448,10 +452,9 @@ def _speculative_decode(
             _update(cost, "plain", _clock() - began, committed)
             continue
         running = rows
-        rows, n_drafted, n_accepted, next_n = _speculative_round(stack, rows, draft_exit, n, sampler, out)
+        rows, n_drafted, n_accepted = _speculative_round(stack, rows, draft_exit, max_draft, sampler, out)
         drafted, accepted = drafted + n_drafted, accepted + n_accepted
         _update(cost, "spec", _clock() - began, sum(len(row.tokens) for row in running) - before)
-        n = min(max_draft, next_n)
         rounds += 1
         if cost["plain"] is None:
             pause = 2 if rounds == 2 else 0  # time plain decoding itself once drafting has warmed up

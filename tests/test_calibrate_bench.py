@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sortednet import bench, calibrate
@@ -50,6 +52,8 @@ def test_bench_generate_batch_sweep(ckpts, capsys):
         if mode != "HF generate":  # ours is lossless at every batch size (HF's left padding may round otherwise)
             assert same == "1.00", (batch, mode)
         assert mode != "plain (exit 8)" or speedup == "1.00x"
+    for row in table:  # speculation's detail: the acceptance and the share decoded with drafting off
+        assert not row[1].startswith("speculative") or re.fullmatch(r"acceptance [01]\.\d\d, \d+% plain", row[4])
 
 
 def test_bench_generate_on_an_alpaca_file_scores_rouge_l_against_its_outputs(ckpts, tmp_path, capsys):

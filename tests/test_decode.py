@@ -114,7 +114,7 @@ def test_each_row_of_a_batch_sets_its_own_draft_count(monkeypatch):
     monkeypatch.setattr(decode, "_clock", lambda: 0.0)  # never faster or slower: drafting stays on
     monkeypatch.setattr(decode.LayerStack, "logits", spoiled)
     tokens, stats = generate_batch(net, prompts, mode="speculative", draft_exit=3, max_new_tokens=40)
-    assert stats["plain_steps"] == 2  # the one timed pair of plain steps after the second round
+    assert stats["plain_steps"] == 2 and stats["plain_tokens"] == 4  # the timed pair of plain steps, both rows
     # row 1: 3 drafts in its first round, then at most one every other round
     assert drafts_of[1] <= 3 + (rounds + 1) // 2 < drafts_of[0]
     monkeypatch.undo()

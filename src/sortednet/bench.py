@@ -338,7 +338,9 @@ class _GenerateBench:
             stats = row["stats"]
             if stats and "acceptance" in stats[0]:
                 drafted = max(sum(s["drafted"] for s in stats), 1)
-                row["detail"] = f"acceptance {sum(s['accepted'] for s in stats) / drafted:.2f}"
+                plain = sum(s["plain_tokens"] for s in stats) / max(sum(s["tokens"] for s in stats), 1)
+                # plain: the share of tokens decoded while the timed switch had drafting off
+                row["detail"] = f"acceptance {sum(s['accepted'] for s in stats) / drafted:.2f}, {plain:.0%} plain"
             elif stats and "mean_exit" in stats[0]:
                 tokens = sum(s["tokens"] for s in stats)
                 row["detail"] = f"mean exit {sum(s['mean_exit'] * s['tokens'] for s in stats) / max(tokens, 1):.2f}"

@@ -438,7 +438,7 @@ def _speculative_decode(
 ) -> dict:
     full = stack.net.num_layers
     rows = _first_tokens(stack, rows, full, sampler, out)
-    drafted, accepted, plain_steps = 0, 0, 0
+    drafted, accepted, plain_steps, plain_tokens = 0, 0, 0, 0
     # Seconds per committed token, plain vs speculative (moving averages); drafting pauses while it loses.
     # The text does not depend on these timings: both paths emit the full model's token at every position.
     cost = {"plain": None, "spec": None}
@@ -448,7 +448,7 @@ def _speculative_decode(
         if pause > 0:  # plain decoding, timed so the choice stays informed
             committed = len(rows)
             rows = _plain_step(stack, rows, full, sampler, out)
-            pause, plain_steps = pause - 1, plain_steps + 1
+            pause, plain_steps, plain_tokens = pause - 1, plain_steps + 1, plain_tokens + committed
             _update(cost, "plain", _clock() - began, committed)
             continue
         running = rows
@@ -461,7 +461,7 @@ def _speculative_decode(
         elif cost["spec"] > cost["plain"]:
             pause = probe_every
     return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / max(drafted, 1),
-            "plain_steps": plain_steps}  # fmt: skip
+            "plain_steps": plain_steps, "plain_tokens": plain_tokens}  # fmt: skip
 
 
 def _update(cost: dict, key: str, seconds: float, tokens: int, decay: float = 0.7) -> None:
@@ -530,8 +530,8 @@ def generate_batch(
     max_draft: int = 8,
 ) -> tuple[list[list[int]], dict]:
     """New tokens after each prompt, decoded together, and the batch's stats (tokens, seconds, tokens_per_s,
-    layer_evals_per_token; drafted, accepted, acceptance, plain_steps for speculative; mean_exit and
-    exit_per_token per prompt for dynamic).
+    layer_evals_per_token; drafted, accepted, acceptance, plain_steps and plain_tokens (decoded while drafting
+    was switched off) for speculative; mean_exit and exit_per_token per prompt for dynamic).
 
     ``exits`` (dynamic) are the exits tried, shallow to deep, ending at L; ``thresholds`` has one value
     in (0, 1] per exit below L (1.0 never exits there). ``seed`` is one seed for every row or one per

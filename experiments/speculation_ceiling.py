@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,15 @@ def main() -> None:
     parser.add_argument("profile", type=Path, help="the .latency.json written beside a checkpoint")
     parser.add_argument("--target", type=float, default=1.3, help="speed-up over plain decoding to reach")
     args = parser.parse_args()
-    for key, entry in json.loads(args.profile.read_text()).items():
-        ms = {int(e): v for e, v in entry["ms_per_token"].items()}
+    try:
+        profiles = {key: {int(e): float(v) for e, v in entry["ms_per_token"].items()}
+                    for key, entry in json.loads(args.profile.read_text()).items()}  # fmt: skip
+        if not profiles or any(len(ms) < 2 for ms in profiles.values()):
+            raise ValueError("the fit needs at least two exits")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        sys.exit(f"speculation_ceiling: {args.profile} is not a latency profile ({error!r}); give the "
+                 "<ckpt>.latency.json that `generate exit=auto` or `evaluate suite=pareto` writes")  # fmt: skip
+    for key, ms in profiles.items():
         layers = max(ms)
         per_layer, intercept = np.polyfit(list(ms), list(ms.values()), 1)
         full = per_layer * layers + intercept  # the fitted full-model token, in ms

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "experiments" / "speculation_ceiling.py"
 spec = importlib.util.spec_from_file_location("speculation_ceiling", SCRIPT)
 ceiling = importlib.util.module_from_spec(spec)
@@ -37,3 +39,16 @@ def test_a_draft_exit_whose_ceiling_is_below_the_target_is_out_of_reach(tmp_path
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
     assert "| 24 | 0.82 | 1.22x | out of reach |" == rows["24"]
     assert "out of reach" not in rows["6"] and "30" not in rows
+
+
+BAD = [None, "not json", "{}", '{"cpu": {"tokens": 16}}', '{"cpu": {"ms_per_token": {"30": 1.0}}}']
+
+
+@pytest.mark.parametrize("text", BAD)
+def test_a_missing_or_malformed_profile_is_one_line(tmp_path, text):
+    profile = tmp_path / "last.ckpt.latency.json"
+    if text is not None:
+        profile.write_text(text)
+    out = subprocess.run([sys.executable, str(SCRIPT), str(profile)], capture_output=True, text=True)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert "is not a latency profile" in out.stderr and str(profile) in out.stderr

@@ -28,9 +28,11 @@ def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
         run_cli(tmp_path, "soft", f"data.path={data_file}", "logger=csv", "trainer.max_epochs=2", *throughput, *SMALL)
     )
     header = next(line for line in out.splitlines() if "exact_match" in line).split()
-    assert header == ["exit", "layers", "params_M", "val_loss", "val_ppl", "exact_match"]
+    assert header == ["exit", "layers", "params_M", "val_loss", "val_ppl", "accept", "agree", "exact_match"]
     table = [line.split() for line in out.splitlines() if line.split()[:1] in (["2"], ["4"], ["6"], ["8"])]
     assert [row[0] for row in table] == ["2", "4", "6", "8"]
+    assert table[-1][5:7] == ["1.000", "1.000"]  # the last exit agrees with itself
+    assert all(0 <= float(row[5]) <= 1 and 0 <= float(row[6]) <= 1 for row in table)
     assert "checkpoint:" in out and "run dir:" in out and "logs:" in out
 
     run_dir = tmp_path / "soft"
@@ -38,6 +40,10 @@ def test_soft_run_end_to_end(tmp_path, cache_dir, data_file):
     assert len(steps) == 10  # 5 steps x 2 epochs, each one logged with every exit's loss
     assert all(r[f"train/loss_exit_{e}"] for r in steps for e in (2, 4, 6, 8))
     assert any(r["val/loss_exit_4"] for r in csv_metrics(run_dir))
+    agreement = [r for r in csv_metrics(run_dir) if r["val/accept_exit_4"]]
+    assert agreement and all(0 < float(r["val/accept_exit_4"]) <= 1 for r in agreement)
+    assert all(0 <= float(r["val/agree_exit_2"]) <= 1 for r in agreement)
+    assert not any(r.get("val/accept_exit_8") for r in csv_metrics(run_dir))  # the last exit is the reference
     rates = [r for r in steps if r["train/tokens_per_s"]]
     assert len(rates) >= 8  # from the second step on (window of 2)
     for r in rates:
@@ -151,3 +157,18 @@ def test_multirun_over_exit_sets_gives_one_wandb_run_per_job(tmp_path, cache_dir
     runs = [sorted((tmp_path / "sweep" / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
     assert [len(r) for r in runs] == [1, 1] and runs[0] != runs[1]
     assert out.count("wandb sync") == 2 and out.count("group sweep-") == 2
+
+
+@pytest.mark.slow
+def test_distill_in_bf16_mixed_trains_and_reports_agreement(tmp_path, cache_dir, data_file):
+    """loss=distill under trainer.precision=bf16-mixed on the CPU: the cheap path the SmolLM2 epoch runs."""
+    out = succeeded(
+        run_cli(
+            tmp_path, "distill", f"data.path={data_file}", "logger=csv", "trainer.max_steps=3", "loss=distill",
+            "trainer.precision=bf16-mixed", "exits=[4,8]", *SMALL[:3], "eval.num_generate=0",
+        )
+    )  # fmt: skip
+    assert "objective=soft, exits=[4, 8]" in out
+    rows = csv_metrics(tmp_path / "distill")
+    assert [r for r in rows if r["train/loss_exit_4"]] and any(r["val/accept_exit_4"] for r in rows)
+    assert run_checkpoint(tmp_path / "distill")["hyper_parameters"]["loss"]["distill"] == 1.0

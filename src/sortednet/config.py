@@ -100,6 +100,10 @@ class LossConfig:
     """gradual: the share of training over which the shallower exits are switched on."""
     seed: int = 0
     """Seed of the per-step exit sampling (the same on every rank)."""
+    distill: float = 0.0
+    """Self-distillation, in [0, 1]: each exit below the deepest learns ``(1 - distill) x`` the labels'
+    cross-entropy ``+ distill x`` KL(p_deepest || p_exit) against the same step's deepest exit (detached); the
+    deepest keeps its cross-entropy. 0 is the paper's SoFT loss; ``loss=distill`` sets 1."""
 
 
 @dataclass

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from sortednet.errors import SortedNetError
+
 IGNORE_INDEX = -100
 # Logit elements per chunk (64 MiB in float32): bounds the transient memory of the head.
 CHUNK_ELEMENTS = 1 << 24
@@ -144,3 +146,125 @@ def multi_exit_loss(
         for e, exit_rows in zip(group, losses.view(len(group), n_tokens), strict=True):
             per_exit[e] = exit_rows.sum() / max(n_tokens, 1)
     return total, per_exit
+
+
+class _FusedSelfDistillation(torch.autograd.Function):
+    """``sum_e sum_i [a_e * CE(x_e,i W^T, t_i) + b_e * KL(p_L,i || p_e,i)]`` over position chunks, one shared head.
+
+    ``x`` is ``[exits, n, hidden]`` with the last exit (the teacher, detached) last. Chunks run over positions,
+    so each chunk makes the teacher's logits once and then one student's at a time: the transient memory is two
+    chunks of logits, whatever the number of exits. As in :class:`_FusedLinearCrossEntropy`, the gradients are
+    made in the forward pass: d/d logits_e = (a_e + b_e) p_e - a_e onehot(t) - b_e p_L.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, ce_weights, kl_weights, chunk_rows):
+        need_x, need_w = ctx.needs_input_grad[:2]
+        n_exits, n = x.shape[:2]
+        ce = torch.empty(n_exits, n, dtype=torch.float32, device=x.device)
+        kl = torch.zeros(n_exits, n, dtype=torch.float32, device=x.device)
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if need_w else None
+        a, b = ce_weights.tolist(), kl_weights.tolist()
+
+        def log_probs(e, rows):
+            logits = F.linear(x[e, rows], weight).float()
+            return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))  # in place: one buffer per exit
+
+        def add_gradient(e, rows, grad_logits):
+            if need_x:
+                grad_x[e, rows] = (grad_logits.to(weight.dtype) @ weight).to(x.dtype)
+            if need_w:
+                grad_w.addmm_(grad_logits.T, x[e, rows].float())
+
+        teacher = n_exits - 1
+        for start in range(0, n, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            t = targets[rows]
+            index = torch.arange(t.shape[0], device=x.device)
+            log_p_teacher = log_probs(teacher, rows)
+            p_teacher = log_p_teacher.exp()
+            ce[teacher, rows] = -log_p_teacher[index, t]
+            neg_entropy = torch.einsum("iv,iv->i", p_teacher, log_p_teacher)
+            if need_x or need_w:  # the teacher's own gradient is its cross-entropy's; reuses its log-prob buffer
+                grad = log_p_teacher.copy_(p_teacher).mul_(a[teacher])
+                grad[index, t] -= a[teacher]
+                add_gradient(teacher, rows, grad)
+            del log_p_teacher
+            for e in range(teacher):
+                log_p = log_probs(e, rows)
+                ce[e, rows] = -log_p[index, t]
+                kl[e, rows] = neg_entropy - torch.einsum("iv,iv->i", p_teacher, log_p)
+                if need_x or need_w:
+                    grad = log_p.exp_().mul_(a[e] + b[e]).sub_(p_teacher, alpha=b[e])
+                    grad[index, t] -= a[e]
+                    add_gradient(e, rows, grad)
+                del log_p
+            del p_teacher
+        ctx.mark_non_differentiable(ce, kl)
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype) if need_w else None)
+        total = (ce * ce_weights[:, None]).sum() + (kl * kl_weights[:, None]).sum()
+        return total, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_ce_unused, grad_kl_unused):
+        grad_x, grad_w = ctx.saved_tensors
+        scale = lambda g: None if g is None else g * grad_total.to(g.dtype)  # noqa: E731
+        return scale(grad_x), scale(grad_w), None, None, None, None
+
+
+def self_distillation_loss(
+    rows: Mapping[int, torch.Tensor],
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    weights: Sequence[float] | None = None,
+    distill: float = 1.0,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """SoFT with self-distillation: every exit below the deepest learns ``(1 - distill) * CE(labels) + distill *
+    KL(p_deepest || p_exit)`` against the same step's deepest exit, detached; the deepest keeps its cross-entropy.
+    Exits are weighted as in :func:`multi_exit_loss` (``weights`` follow ``sorted(rows)``), every term a token mean.
+
+    Returns the loss, the detached per-exit cross-entropies and the detached per-exit KL divergences (0 at the
+    deepest). Never stores ``[n, vocab]`` logits per exit: chunks of positions, two chunks of logits at a time.
+    """
+    if head.bias is not None:
+        raise SortedNetError("loss.distill supports LM heads without a bias (LLaMA-family models)")
+    exits = sorted(rows)
+    n_tokens = targets.numel()
+    scale = [w / max(n_tokens, 1) for w in normalised(weights, len(exits))]
+    ce_weights = torch.tensor([w * (1 - distill) for w in scale[:-1]] + scale[-1:], device=targets.device)
+    kl_weights = torch.tensor([w * distill for w in scale[:-1]] + [0.0], device=targets.device)
+    x = torch.stack([rows[e] for e in exits])
+    weight = head.weight if torch.is_grad_enabled() else head.weight.detach()
+    if not torch.is_grad_enabled():
+        x = x.detach()
+    chunk_rows = max(1, min(chunk_elements // head.out_features, max(n_tokens, 1)))
+    total, ce, kl = _FusedSelfDistillation.apply(x, weight, targets, ce_weights, kl_weights, chunk_rows)
+    n = max(n_tokens, 1)
+    return total, dict(zip(exits, ce.sum(1) / n, strict=True)), dict(zip(exits, kl.sum(1) / n, strict=True))
+
+
+@torch.no_grad()
+def exit_agreement(
+    rows: Mapping[int, torch.Tensor], heads: Mapping[int, torch.nn.Linear], chunk_elements: int = CHUNK_ELEMENTS
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """How well each exit below the deepest agrees with it at the same positions: per exit, the sums over positions
+    of the expected acceptance ``sum_v min(p_exit, p_deepest)`` (the chance that speculative sampling accepts a token
+    drafted from the exit) and of greedy agreement (the exit's argmax is the deepest's). Divide by the row count for
+    means. Chunks of positions: two chunks of probabilities at a time."""
+    *shallower, deepest = sorted(rows)
+    n = rows[deepest].shape[0]
+    chunk_rows = max(1, chunk_elements // heads[deepest].out_features)
+    zero = torch.zeros((), device=rows[deepest].device)
+    sums = {e: (zero, zero) for e in shallower}
+    for start in range(0, n, chunk_rows):
+        chunk = slice(start, start + chunk_rows)
+        p_deep = heads[deepest](rows[deepest][chunk]).float().softmax(-1)
+        top_deep = p_deep.argmax(-1)
+        for e in shallower:
+            p = heads[e](rows[e][chunk]).float().softmax(-1)
+            accept, agree = sums[e]
+            sums[e] = (accept + torch.minimum(p, p_deep).sum(), agree + (p.argmax(-1) == top_deep).sum())
+            del p
+    return sums

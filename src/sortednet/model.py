@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sortednet.errors import SortedNetError
+from sortednet.loss import exit_agreement, label_positions, multi_exit_loss, self_distillation_loss
 
 PAPER_13B_EXITS = [12, 16, 20, 24, 28, 32, 36, 40]
 
@@ -179,19 +180,30 @@ class SortedLM(nn.Module):
         pick = (lambda h: h) if positions is None else (lambda h: h[positions])  # noqa: E731
         return {e: pick(states[e]) if e == self.num_layers else self.norm(pick(states[e])) for e in exits}
 
-    def exit_losses(self, input_ids, attention_mask, labels, exits: Sequence[int], weights=None):
-        """The multi-exit loss of a batch and its per-exit values: one pass through the decoder, then every exit's
-        head at the label positions (:func:`sortednet.loss.multi_exit_loss`). Under FSDP2 it is registered as
-        a forward method of the root unit, so the root is gathered before it and reduced after its backward.
+    def exit_losses(self, input_ids, attention_mask, labels, exits: Sequence[int], weights=None, distill=0.0):
+        """The multi-exit loss of a batch and its per-exit cross-entropies: one pass through the decoder, then every
+        exit's head at the label positions (:func:`sortednet.loss.multi_exit_loss`, or with ``distill`` > 0
+        :func:`sortednet.loss.self_distillation_loss`). Under FSDP2 it is registered as a forward method of the
+        root unit, so the root is gathered before it and reduced after its backward.
 
         ICT's decoder is frozen (requires_grad off), so grad mode records no graph through it; it stays on
         there, as FSDP2 sets up gradient reduction only for a grad-mode forward whose output requires grad.
         """
-        from sortednet.loss import label_positions, multi_exit_loss
-
         positions, targets = label_positions(labels)
         rows = self.exit_hidden_states(input_ids, attention_mask, exits, positions)
+        if distill and len(exits) > 1:
+            total, losses, _ = self_distillation_loss(rows, self.lm_head, targets, weights, distill)
+            return total, losses
         return multi_exit_loss(rows, {e: self.head(e) for e in exits}, targets, weights)
+
+    def exit_metrics(self, input_ids, attention_mask, labels, exits: Sequence[int]):
+        """Validation, from one pass through the decoder: each exit's cross-entropy at the label positions, and how
+        each exit below the deepest agrees with it there (:func:`sortednet.loss.exit_agreement`: sums of the
+        expected acceptance and of greedy agreement). Registered as an FSDP2 forward method like ``exit_losses``."""
+        positions, targets = label_positions(labels)
+        rows = self.exit_hidden_states(input_ids, attention_mask, exits, positions)
+        heads = {e: self.head(e) for e in exits}
+        return multi_exit_loss(rows, heads, targets)[1], exit_agreement(rows, heads)
 
     def exit_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, exits: Sequence[int]

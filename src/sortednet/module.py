@@ -147,8 +147,16 @@ class SortedModule(L.LightningModule):
         self.train_exits = {"soft": exits, "sft": exits[-1:], "ict": exits[:-1], "extracted": exits}[name]
         if not self.train_exits:
             raise SortedNetError("objective=ict needs at least one exit below the last layer in the exit set")
+        if self.loss_config.distill and name != "soft":
+            raise SortedNetError(
+                f"loss.distill teaches the exits of one shared head from the deepest (objective=soft), not "
+                f"objective={name}; use objective=soft or drop loss.distill"
+            )
         self.schedule = ExitSchedule(self.train_exits, self.loss_config)
         self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
+        # agreement with the deepest exit (below it only): expected acceptance and greedy agreement per position
+        self.val_accept = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits[:-1]})
+        self.val_agree = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits[:-1]})
 
     def _shard(self, mesh) -> None:
         """FSDP2: one unit per decoder layer, the rest (embeddings, final norm, LM head, ICT heads) in the root
@@ -177,6 +185,7 @@ class SortedModule(L.LightningModule):
         # The loss reaches the decoder, norm and heads through this method, not forward: make it the root's
         # forward, so the root is gathered before it and its gradients are reduced after the loss's backward.
         register_fsdp_forward_method(net, "exit_losses")
+        register_fsdp_forward_method(net, "exit_metrics")
         device = self.trainer.strategy.root_device
         net.to_empty(device=device)
         _rebuild_non_persistent_buffers(net, device)
@@ -206,9 +215,6 @@ class SortedModule(L.LightningModule):
             checkpoint["state_dict"] = lora_state(self)
 
     # ---------------------------------------------------------------- steps
-    def _losses(self, batch: dict, exits, weights=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        return self.net.exit_losses(batch["input_ids"], batch["attention_mask"], batch["labels"], exits, weights)
-
     def on_fit_start(self) -> None:
         total = int(self.trainer.estimated_stepping_batches)
         self.schedule = ExitSchedule(self.train_exits, self.loss_config, total_steps=total)
@@ -216,7 +222,10 @@ class SortedModule(L.LightningModule):
     def training_loss(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """The loss of optimizer step ``step`` (its exits and weights from the schedule), and per-exit values."""
         exits = self.schedule.active(step)
-        loss, losses = self._losses(batch, exits, self.schedule.weights(exits))
+        loss, losses = self.net.exit_losses(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], exits, self.schedule.weights(exits),
+            self.loss_config.distill,
+        )  # fmt: skip
         # Own heads (ICT) of exits left out of this step still join the graph, with weight 0, so that
         # DDP/FSDP never see an unused parameter.
         for e in self.train_exits:
@@ -275,8 +284,14 @@ class SortedModule(L.LightningModule):
         n_tokens = count_labels(batch["labels"])
         if n_tokens == 0:
             return
-        for e, value in self._losses(batch, self.eval_exits)[1].items():
+        losses, agreement = self.net.exit_metrics(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], self.eval_exits
+        )
+        for e, value in losses.items():
             self.val_loss[str(e)].update(value, weight=n_tokens)
+        for e, (accept, agree) in agreement.items():
+            self.val_accept[str(e)].update(accept / n_tokens, weight=n_tokens)
+            self.val_agree[str(e)].update(agree.float() / n_tokens, weight=n_tokens)
 
     def on_validation_epoch_end(self) -> None:
         last = self.eval_exits[-1]
@@ -286,17 +301,24 @@ class SortedModule(L.LightningModule):
         if self.trainer.world_size > 1:
             updated = self.trainer.strategy.reduce(updated.to(self.device), reduce_op="sum").cpu()
         for e, any_rank in zip(self.eval_exits, updated.tolist(), strict=True):
-            metric = self.val_loss[str(e)]
             if not any_rank:
                 continue
-            if metric.update_count == 0:
-                metric.update(torch.zeros((), device=self.device), weight=0.0)
-            value = metric.compute()
+            value = self._compute(self.val_loss[str(e)])
             self.log(f"val/loss_exit_{e}", value)
             self.log(f"val/ppl_exit_{e}", torch.exp(value))
             if e == last:
                 self.log("val/loss", value, prog_bar=True)
-            metric.reset()
+            else:
+                self.log(f"val/accept_exit_{e}", self._compute(self.val_accept[str(e)]))
+                self.log(f"val/agree_exit_{e}", self._compute(self.val_agree[str(e)]))
+
+    def _compute(self, metric: MeanMetric) -> torch.Tensor:
+        """The metric's mean over ranks, then reset; a rank without updates adds weight 0 to the collective."""
+        if metric.update_count == 0:
+            metric.update(torch.zeros((), device=self.device), weight=0.0)
+        value = metric.compute()
+        metric.reset()
+        return value
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):

@@ -9,8 +9,11 @@ or holds another model or objective than this run's.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
@@ -29,9 +32,33 @@ def _at_least(key: str, value: Any, low: int, what: str = "") -> None:
         raise SortedNetError(f"{key}={value!r} must be a whole number >= {low}{what}; set e.g. {key}={max(low, 1)}")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX; the ``bf16`` flag on Arm). Without
+    it oneDNN emulates bf16 by conversion, and bf16 autocast runs slower than fp32 instead of faster."""
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return platform.machine() in ("aarch64", "arm64") and " bf16" in flags
+
+
+def check_precision(trainer: dict) -> None:
+    """bf16 on a CPU that has no bf16 arithmetic would train slower than fp32, not faster: refuse it."""
+    precision, accelerator = str(trainer.get("precision", "32-true")), str(trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
+        raise SortedNetError(
+            f"trainer.precision={precision} on this CPU, which has no bf16 arithmetic (AVX512-BF16, AMX or Arm "
+            f"BF16), would emulate it and run slower than fp32; use trainer.precision=32-true"
+        )
+
+
 def check_settings(cfg: TrainConfig) -> None:
     """Refuse settings that cannot train as meant; see the module docstring."""
     trainer = cfg.trainer
+    check_precision(trainer)
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
     if not _is_int(max_steps) or max_steps == 0 or max_steps < -1:
         raise SortedNetError(f"trainer.max_steps={max_steps!r} must be a positive step count, or -1 for no limit")

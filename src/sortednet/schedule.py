@@ -30,6 +30,13 @@ class ExitSchedule:
             raise SortedNetError(f"unknown loss.curriculum {config.curriculum!r}; use one of {', '.join(CURRICULA)}")
         if config.sample is not None and not 1 <= config.sample <= n:
             raise SortedNetError(f"loss.sample={config.sample} must be between 1 and the {n} exits of the set")
+        if not 0.0 <= config.distill <= 1.0:
+            raise SortedNetError(f"loss.distill={config.distill} is a weight in [0, 1]; e.g. loss.distill=0.5")
+        if config.distill and n < 2:
+            raise SortedNetError(
+                f"loss.distill teaches the exits below the deepest, but this run trains exits {self.exits} only; "
+                f"use objective=soft with two exits or more, or drop loss.distill"
+            )
         weights = config.weights
         if isinstance(weights, str) and weights not in ("uniform", "depth"):
             raise SortedNetError(f"unknown loss.weights {weights!r}; use uniform, depth or a list of {n} numbers")

@@ -47,7 +47,9 @@ def exact_match(answers: list[str], references: list[str]) -> float:
 
 def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[dict]:
     """One row per exit: layers, parameters, validation loss and perplexity (from ``metrics``, the logged
-    ``val/loss_exit_{n}``), and the exact match of greedy answers to held-out rows."""
+    ``val/loss_exit_{n}``), agreement with the last exit on the validation rows (``val/accept_exit_{n}``: expected
+    acceptance of a speculative draft; ``val/agree_exit_{n}``: greedy agreement; 1 at the last exit), and the exact
+    match of greedy answers to held-out rows."""
     net = module.net.eval()
     rows = datamodule.val_rows.select(range(min(settings.num_generate, len(datamodule.val_rows))))
     prompts = [ids[:n] for ids, n in zip(rows["input_ids"], rows["prompt_len"], strict=True)]
@@ -63,6 +65,9 @@ def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[
             "val_loss": loss,
             "val_ppl": math.exp(loss),
         }
+        for name in ("accept", "agree"):
+            last = e == module.eval_exits[-1]
+            row[name] = 1.0 if last else float(metrics.get(f"val/{name}_exit_{e}", float("nan")))
         if prompts:
             answers = greedy_answers(net, tokenizer, prompts, e, settings.max_new_tokens)
             row["exact_match"] = exact_match(answers, rows["output"])
@@ -72,7 +77,7 @@ def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[
 
 def format_report(report: list[dict], title: str = "") -> str:
     """The per-exit table as fixed-width text (stdout-friendly, also pasted into experiments/)."""
-    columns = [c for c in ("exit", "layers", "params_M", "val_loss", "val_ppl", "exact_match") if c in report[0]]
+    columns = [c for c in ("exit", "layers", "params_M", "val_loss", "val_ppl", "accept", "agree", "exact_match") if c in report[0]]
     lines = [title] if title else []
     lines.append("  ".join(f"{c:>11}" for c in columns))
     for row in report:

@@ -3,24 +3,26 @@
 # SmolLM2-135M-Instruct (30 layers) on real Stanford Alpaca rows, evaluated at every exit of {9,12,...,30}
 # (12/40 ... 40/40 of the depth, the paper's relative exit set).
 #
+# The runs themselves are Hydra configs (conf/experiment/smollm2_*.yaml); this script only sequences the stages:
+# fetch the model and split the rows, train each objective, evaluate every checkpoint on the held-out rows.
+#
 # Usage (repo root, after `make install`): bash experiments/smollm2_alpaca.sh
-#   STEPS=40 LR=1e-4 ROOT=outputs/smollm2_alpaca bash experiments/smollm2_alpaca.sh   (the defaults)
+#   PROFILE=soft ROOT=outputs/smollm2_alpaca bash experiments/smollm2_alpaca.sh   (the defaults: 40 steps, fp32)
+#   PROFILE=long OBJECTIVES="sft soft distill" ROOT=outputs/smollm2_long bash ...   (the epoch, bf16-mixed)
+#   STEPS=N shortens a profile (N steps, warm-up N/10: a complete, shorter schedule).
 # It works in pieces: every stage leaves its outputs on disk and a re-run skips finished stages; a training run
-# that was cut off resumes from its last checkpoint (validation, and so a checkpoint, every VAL_EVERY steps).
-# Results: $ROOT/eval/*.txt, experiments/results/smollm2_alpaca.md and experiments/results/smollm2_alpaca_*.png.
+# that was cut off resumes from its last checkpoint (each validation writes one: trainer.val_check_interval).
+# Results: $ROOT/eval/*.txt, $REPORT.md and $REPORT_*.png (default REPORT=experiments/results/smollm2_alpaca).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PY:-.venv/bin/python}
+profile=${PROFILE:-soft}
 root=${ROOT:-outputs/smollm2_alpaca}
-steps=${STEPS:-40}
-lr=${LR:-1e-4}
-val_every=${VAL_EVERY:-20}
-heldout=${HELDOUT:-200}
+heldout=200
 alpaca=${ALPACA:-../shared/data/alpaca/alpaca_5000.json}
 trivia=${TRIVIAQA:-../shared/data/triviaqa/triviaqa_sm_sub.jsonl}
 cache=${SORTEDNET_CACHE:-$HOME/.cache/sortednet}
-exits="[9,12,15,18,21,24,27,30]"
-mkdir -p "$root/times" "$root/data"
+mkdir -p "$root/times"
 
 timed() {  # timed NAME COMMAND...: run it, record its wall time (s) in $root/times/NAME
   local name=$1 start=$SECONDS
@@ -33,9 +35,11 @@ timed() {  # timed NAME COMMAND...: run it, record its wall time (s) in $root/ti
 model=$cache/smollm2/hf
 [[ -f $model/config.json ]] || timed fetch $py experiments/fetch_smollm2.py "$cache/smollm2"
 
-# 2. Held-out rows no run trains on: a seeded split of the 5,000 rows, written once.
-if [[ ! -f $root/data/heldout.json ]]; then
-  $py - "$alpaca" "$root/data" "$heldout" <<'PY'
+# 2. Held-out rows no run trains on: a seeded split of the 5,000 rows, written once where the configs read it.
+data=$cache/smollm2/data
+if [[ ! -f $data/heldout.json ]]; then
+  mkdir -p "$data"
+  $py - "$alpaca" "$data" "$heldout" <<'PY'
 import json, random, sys
 from pathlib import Path
 rows = json.loads(Path(sys.argv[1]).read_text())
@@ -48,11 +52,10 @@ out = Path(sys.argv[2])
 PY
 fi
 
-# 3. Training: the same rows, seed, steps and schedule for every objective; ICT starts from the SFT checkpoint.
-common=(model.name_or_path="$model" data=alpaca data.path="$root/data/train.json" data.prompt_style=chat
-  data.max_length=256 data.batch_size=8 data.eval_batch_size=16 data.val_size=48 exits="$exits"
-  optimizer.lr="$lr" warmup_steps=$((steps / 10)) min_lr_ratio=0.1 trainer.max_steps="$steps"
-  trainer.val_check_interval="$val_every" +trainer.check_val_every_n_epoch=null eval.num_generate=0 logger=csv seed=42)
+# 3. Training (conf/experiment/smollm2_$PROFILE.yaml): the same rows, seed, steps and schedule for every
+# objective; ICT starts from the SFT checkpoint.
+common=(experiment="smollm2_$profile")
+[[ ${STEPS:-} ]] && common+=(trainer.max_steps="$STEPS" warmup_steps=$((STEPS / 10)))
 latest() {  # latest RUN: the newest part of a run (a resumed run writes into RUN/resume-K/)
   local part=$1 k=1
   while [[ -d $1/resume-$k ]]; do part=$1/resume-$k k=$((k + 1)); done
@@ -71,8 +74,9 @@ train() {  # train NAME OVERRIDES...: one run in $root/NAME, resumed from its la
   fi
   timed "train_$name" $py -m sortednet.train "${common[@]}" "$@" "${resume[@]}" hydra.run.dir="$dir"
 }
-# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict") or adds soft_depth (SoFT under loss=depth) or soft_deep
-# (SoFT on exits 21-30 alone); its evaluation then goes to its own directory.
+# OBJECTIVES picks a subset (e.g. OBJECTIVES="soft sft ict") or adds soft_depth (SoFT under loss=depth), soft_deep
+# (SoFT on exits 21-30 alone) or distill (SoFT with self-distillation mixed in at half weight); its evaluation
+# then goes to its own directory.
 read -r -a objectives <<<"${OBJECTIVES:-soft sft ict extracted}"
 ckpts=() names=()
 for objective in "${objectives[@]}"; do
@@ -80,6 +84,7 @@ for objective in "${objectives[@]}"; do
     soft | sft) train "$objective" objective="$objective" ;;
     soft_depth) train soft_depth objective=soft loss=depth ;;  # SoFT with deeper exits weighted more (last-exit gap)
     soft_deep) train soft_deep objective=soft 'exits=[21,24,27,30]' ;;  # SoFT on the deep exits only (drafts for speculation)
+    distill) train distill objective=soft loss=distill loss.distill=0.5 ;;  # exits taught by the last exit and the labels
     ict) train ict objective=ict objective.init_from="$(latest "$root/sft")/checkpoints/last.ckpt" ;;
     extracted) train extracted objective=extracted objective.layers=18 ;;
     *) echo "unknown objective $objective in OBJECTIVES" >&2 && exit 2 ;;
@@ -102,16 +107,16 @@ evaluate() {  # evaluate NAME SUITE key=value...: one suite, its table kept in $
   mv "$eval/$name.txt.partial" "$eval/$name.txt"
   cat "$eval/$name.txt"
 }
-evaluate loss loss ckpt="$all" names="$names" data="$root/data/heldout.json" max_length=256
+evaluate loss loss ckpt="$all" names="$names" data="$data/heldout.json" max_length=256
 if [[ ! -f $eval/base_loss.txt ]]; then  # the reference row: the pretrained model's exits, no fine-tuning
-  timed eval_base_loss $py experiments/base_exits.py "$model" "$root/data/heldout.json" >"$eval/base_loss.txt.partial"
+  timed eval_base_loss $py experiments/base_exits.py "$model" "$data/heldout.json" >"$eval/base_loss.txt.partial"
   mv "$eval/base_loss.txt.partial" "$eval/base_loss.txt"
 fi
-evaluate generate generate ckpt="$all" names="$names" instructions="$root/data/heldout.json" \
+evaluate generate generate ckpt="$all" names="$names" instructions="$data/heldout.json" \
   limit="${GENERATE_LIMIT:-24}" max_new_tokens="${MAX_NEW_TOKENS:-48}" batch_size=8
 evaluate triviaqa triviaqa ckpt="$all" names="$names" data="$trivia" limit="${TRIVIAQA_LIMIT:-30}" batch_size=16
-evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$root/data/heldout.json" limit=12
-evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$root/data/heldout.json" max_length=256
+evaluate analysis analysis ckpt="[$soft,$sft]" names=[soft,sft] instructions="$data/heldout.json" limit=12
+evaluate pareto pareto ckpt="$all" names="$names" metric=loss data="$data/heldout.json" max_length=256
 
 # 5. Decoding on the real SoFT model (batch 1, greedy, held-out instructions at their natural lengths: stop at
 # <|im_end|> or BENCH_TOKENS): exit-K, self-speculative from several draft exits, dynamic exits calibrated on
@@ -120,7 +125,7 @@ bench() {  # bench NAME ARGS...: one `bench generate` table, kept in $eval/NAME.
   local name=$1
   shift
   [[ -f $eval/$name.txt ]] && return
-  timed "$name" $py -m sortednet.bench generate ckpt="$soft" data="$root/data/heldout.json" \
+  timed "$name" $py -m sortednet.bench generate ckpt="$soft" data="$data/heldout.json" \
     prompts="${BENCH_PROMPTS:-8}" max_new_tokens="${BENCH_TOKENS:-96}" threads="$(nproc)" "$@" >"$eval/$name.txt.partial"
   mv "$eval/$name.txt.partial" "$eval/$name.txt"
   cat "$eval/$name.txt"
@@ -130,12 +135,13 @@ bench bench_generate "draft_exits=${BENCH_DRAFTS:-[21,27]}"
 [[ ${BENCH_BATCHES:-none} == none ]] ||
   bench bench_batches "draft_exits=${BENCH_BATCH_DRAFTS:-[21,27]}" "batch_size=${BENCH_BATCHES:-[1,4,16]}"
 
-for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(basename "$png")"; done
+report=${REPORT:-experiments/results/smollm2_alpaca}  # REPORT.md and REPORT_*.png
+for png in "$eval"/*.png; do cp "$png" "${report}_$(basename "$png")"; done
 {
   echo "# $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD): bash experiments/smollm2_alpaca.sh"
   echo
-  echo "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), chat template, exits $exits; $steps steps of"
-  echo "8 rows (<= 256 tokens), lr $lr cosine (warm-up $((steps / 10)), floor 0.1), seed 42; held-out: $heldout rows."
+  echo "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), conf/experiment/smollm2_$profile.yaml${STEPS:+ with $STEPS steps}"
+  echo "(OBJECTIVES: ${objectives[*]}); held-out: $heldout rows."
   echo
   echo "Wall times (s, on $(nproc) cores; a skipped stage keeps the time of the run that made it):"
   total=0
@@ -147,7 +153,7 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
   echo "## Per checkpoint and exit ($eval; python experiments/summarise_evaluation.py)"
   echo
   $py experiments/summarise_evaluation.py "$eval"
-  for part in "$root"/{soft,sft,ict,extracted,soft_depth,soft_deep}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
+  for part in "$root"/{soft,sft,ict,extracted,soft_depth,soft_deep,distill}{,/resume-*}/exit_report.txt "$eval"/{base_loss,loss,generate,triviaqa,analysis,pareto,bench_generate,bench_batches}.txt; do
     [[ -f $part ]] || continue
     echo
     echo "## ${part#"$root"/}"
@@ -156,5 +162,5 @@ for png in "$eval"/*.png; do cp "$png" "experiments/results/smollm2_alpaca_$(bas
     grep -v '^results in ' "$part"
     echo '```'
   done
-} >experiments/results/smollm2_alpaca.md
-echo "wrote experiments/results/smollm2_alpaca.md"
+} >"$report.md"
+echo "wrote $report.md"

@@ -1,6 +1,8 @@
 """`python -m sortednet.export ckpt=PATH exit=K out=DIR [dtype=float32|bfloat16]`: sub-model K as a plain
-Hugging Face model; `python -m sortednet.export ckpt=LORA.ckpt adapter=true out=DIR`: a LoRA run's adapters as
-a standard PEFT adapter directory.
+Hugging Face model; `python -m sortednet.export ckpt=PATH exit=K out=FILE.gguf [dtype=...|q8_0]`: sub-model K
+as one GGUF file for llama.cpp; `exit=all out=DIR format=gguf`: one GGUF file per exit of the checkpoint;
+`python -m sortednet.export ckpt=LORA.ckpt adapter=true out=DIR`: a LoRA run's adapters as a standard PEFT
+adapter directory.
 
 Writes DIR with the first K decoder layers, the final norm and the head exit K uses (its own ICT head if
 it has one, untied from the embeddings), ``num_hidden_layers=K``, in safetensors only; the tokenizer; the
@@ -14,6 +16,13 @@ With ``adapter=true`` (a LoRA checkpoint, no ``exit``) DIR gets PEFT's own ``ada
 ``adapter_model.safetensors``, with ``base_model_name_or_path`` the run's base model (the local directory for
 ``embedded``): ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), DIR)`` is exit L of the
 run, with no sortednet code; so are vLLM's and the hub's LoRA loaders.
+
+GGUF (``format=gguf``, or an ``out`` ending in ``.gguf``; the default for ``exit=all`` when the run's model came
+in as a ``.gguf``): sub-model K written by :mod:`sortednet.inference.gguf_export` (LLaMA architecture,
+``block_count=K``, the tokenizer with its chat template, float32 | float16 | bfloat16 | q8_0). The file is
+written under a temporary name and renamed into place; an existing ``out`` is never overwritten. ``exit=all``
+writes ``exit_K.gguf`` for every exit of the checkpoint into the new directory ``out``, with ``index.json``
+(exit, layers, parameters, file size).
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,8 +41,9 @@ from sortednet import cli
 from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
 from sortednet.hub import DTYPES
+from sortednet.inference.gguf_export import GGUF_DTYPES, check_exportable, write_gguf
 from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
-from sortednet.io import check_new_dir, write_dir_atomically
+from sortednet.io import check_creatable_dir, check_new_dir, write_dir_atomically, write_file_atomically
 from sortednet.model import SortedLM, _set_layer_count
 
 
@@ -40,12 +51,14 @@ from sortednet.model import SortedLM, _set_layer_count
 class ExportConfig:
     ckpt: str = ""
     """A .ckpt written by sortednet.train (or a directory written by this command)."""
-    exit: int | None = None
-    """The layer count K of the sub-model, in [1, L]."""
+    exit: Any = field(default=None, metadata={"type": "int | all"})
+    """The layer count K of the sub-model, in [1, L]; all: every exit of the checkpoint (GGUF only)."""
     out: str = ""
-    """The directory to create (absent or empty)."""
+    """The directory to create (absent or empty), or the .gguf file to create (absent)."""
+    format: str = "auto"
+    """hf | gguf | auto: gguf when out ends in .gguf, or for exit=all of a run whose model came in as a .gguf."""
     dtype: str = "float32"
-    """The weights' dtype in out: float32 | bfloat16 | float16."""
+    """The weights' dtype in out: float32 | bfloat16 | float16, and q8_0 for GGUF."""
     adapter: bool = False
     """true: write the adapters of a LoRA checkpoint as a PEFT adapter directory instead of a model."""
     cache_dir: str | None = None
@@ -85,32 +98,117 @@ def submodel(net: SortedLM, exit_: int, dtype: torch.dtype | None = None) -> nn.
     return sub.eval()
 
 
+def check_exit(exit_: int | None, meta: dict, num_layers: int) -> None:
+    """One-line error for a missing or out-of-range exit; a warning for one that was not trained."""
+    if exit_ is None:
+        raise SortedNetError(f"no exit given; pass exit=K with K in [1, {num_layers}] (trained exits: {meta['exits']})")
+    if not 1 <= exit_ <= num_layers:
+        raise SortedNetError(
+            f"exit={exit_} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
+            f"trained exits: {meta['exits']})"
+        )
+    if exit_ not in meta["exits"]:
+        print(
+            f"sortednet: warning: exit {exit_} is not one of the trained exits {meta['exits']}; exporting it anyway",
+            file=sys.stderr,
+        )
+
+
+def _tokenizer_gguf(meta: dict) -> str | None:
+    """The GGUF file the checkpoint's tokenizer was read from, if it was read from one that is still there."""
+    name = str(meta.get("tokenizer") or "")
+    return str(Path(name).expanduser()) if name.endswith(".gguf") and Path(name).expanduser().is_file() else None
+
+
+def export_gguf(cfg: ExportConfig, out: Path, loaded: tuple | None = None) -> Path:
+    """Write sub-model ``cfg.exit`` as the GGUF file ``out``, or (``exit=all``) every exit's file into the new
+    directory ``out`` with an ``index.json``; returns ``out``."""
+    if cfg.adapter:
+        raise SortedNetError("adapter=true writes a PEFT adapter directory, not GGUF; drop format=gguf or adapter=true")
+    if cfg.dtype not in GGUF_DTYPES:
+        raise SortedNetError(f"unknown dtype {cfg.dtype!r} for a GGUF file; use one of {', '.join(GGUF_DTYPES)}")
+    every = cfg.exit == "all"
+    if every:
+        check_new_dir(out, "out")
+    else:
+        if out.exists() or out.is_symlink():
+            raise SortedNetError(f"out={str(out)!r} already exists; nothing was written: pick a new out= or remove it")
+        check_creatable_dir(out.parent, "out")
+    net, tokenizer, meta = loaded or load_sorted(cfg.ckpt, cfg.cache_dir)
+    num_layers = net.num_layers
+    exits = meta["exits"] if every else [cfg.exit]
+    if not every:
+        check_exit(cfg.exit, meta, num_layers)
+    check_exportable(net.lm.config, cfg.dtype)  # before any file: an unsupported model or width writes nothing
+    tokenizer_gguf = _tokenizer_gguf(meta)
+    origin = meta.get("exported_from") or {}
+    source = origin.get("source") or str(Path(meta["source"]).absolute())
+    stem = Path(source).stem
+
+    def write_exit(exit_: int, target: Path) -> dict:
+        sub = submodel(net, exit_)
+        provenance = {"exit": exit_, "num_layers": origin.get("num_layers", num_layers), "source": source}
+        write_file_atomically(
+            target,
+            lambda tmp: write_gguf(
+                sub, tokenizer, tmp, cfg.dtype, name=f"{stem}-exit{exit_}", tokenizer_gguf=tokenizer_gguf,
+                sortednet=provenance,
+            ),
+        )  # fmt: skip
+        record = {
+            "exit": exit_,
+            "layers": exit_,
+            "parameters": sum(p.numel() for p in sub.parameters()),
+            "dtype": cfg.dtype,
+            "file": target.name,
+            "bytes": target.stat().st_size,
+        }
+        print(
+            f"exit {exit_} of {meta['source']} ({exit_} of {num_layers} layers, {record['parameters'] / 1e6:.2f}M "
+            f"parameters, {cfg.dtype}, {record['bytes'] / 2**20:.1f} MiB) -> {target}"
+        )
+        return record
+
+    if not every:
+        write_exit(cfg.exit, out)
+        return out
+
+    def write_all(tmp: Path) -> None:
+        records = [write_exit(e, tmp / f"exit_{e}.gguf") for e in exits]
+        index = {"source": source, "num_layers": num_layers, "dtype": cfg.dtype, "exits": records}
+        (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    write_dir_atomically(out, write_all, if_exists="refuse")
+    print(f"{len(exits)} GGUF files and index.json -> {out}")
+    return out
+
+
 def export(cfg: ExportConfig) -> Path:
     """Write sub-model ``cfg.exit`` of ``cfg.ckpt`` to ``cfg.out``; returns the directory."""
     if not cfg.ckpt:
         raise SortedNetError("no checkpoint given; pass ckpt=PATH.ckpt (written by sortednet.train)")
     if not cfg.out:
         raise SortedNetError("no output directory given; pass out=DIR (a new or empty directory)")
-    if cfg.dtype not in DTYPES:
-        raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
+    if cfg.format not in ("auto", "hf", "gguf"):
+        raise SortedNetError(f"unknown format {cfg.format!r}; use hf, gguf or auto")
+    if cfg.exit is not None and cfg.exit != "all" and (isinstance(cfg.exit, bool) or not isinstance(cfg.exit, int)):
+        raise SortedNetError(f"exit={cfg.exit!r} is not a layer count; give exit=K (a whole number) or exit=all")
     out = Path(cfg.out).expanduser().absolute()
+    if cfg.format == "gguf" or (cfg.format == "auto" and out.suffix == ".gguf"):
+        return export_gguf(cfg, out)
+    if cfg.dtype not in DTYPES:
+        hint = "; q8_0 is a GGUF type: pass out=FILE.gguf" if cfg.dtype in GGUF_DTYPES else ""
+        raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}{hint}")
     check_new_dir(out, "out")
     if cfg.adapter:
         return export_adapter(cfg, out)
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
     num_layers = net.num_layers
-    if cfg.exit is None:
-        raise SortedNetError(f"no exit given; pass exit=K with K in [1, {num_layers}] (trained exits: {meta['exits']})")
-    if not 1 <= cfg.exit <= num_layers:
-        raise SortedNetError(
-            f"exit={cfg.exit} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
-            f"trained exits: {meta['exits']})"
-        )
-    if cfg.exit not in meta["exits"]:
-        print(
-            f"sortednet: warning: exit {cfg.exit} is not one of the trained exits {meta['exits']}; exporting it anyway",
-            file=sys.stderr,
-        )
+    if cfg.exit == "all" and cfg.format == "auto" and str(meta.get("model", "")).endswith(".gguf"):
+        return export_gguf(cfg, out, (net, tokenizer, meta))  # came in as GGUF, goes back out as GGUF
+    if cfg.exit == "all":
+        raise SortedNetError("exit=all writes GGUF files; add format=gguf (or export one exit=K as a directory)")
+    check_exit(cfg.exit, meta, num_layers)
     style = prompt_style_of(meta, tokenizer)
     sub = submodel(net, cfg.exit, DTYPES[cfg.dtype])
     origin = meta.get("exported_from") or {}  # exporting from an exported directory keeps the first source

@@ -1,0 +1,68 @@
+"""llama.cpp (through ``llama-cpp-python``, the ``llamacpp`` extra) running the GGUF files of
+:mod:`sortednet.inference.gguf_export`: logits for a token sequence, greedy continuations, timed decoding, and an
+exit-K GGUF as the draft model of llama.cpp's own speculative decoding.
+
+llama-cpp-python builds llama.cpp from source at install time (minutes), so it is an extra, not a dependency;
+everything here says so in one line when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sortednet.errors import SortedNetError
+
+EXTRA_HINT = "pip install 'sortednet[llamacpp]' (builds llama.cpp from source, about 7 minutes on 2 cores)"
+
+
+def require_llama_cpp():
+    """The ``llama_cpp`` module, or a one-line error naming the extra that installs it."""
+    try:
+        import llama_cpp
+    except ImportError as error:
+        raise SortedNetError(f"llama.cpp rows need llama-cpp-python, which is not installed; {EXTRA_HINT}") from error
+    return llama_cpp
+
+
+def open_gguf(path: str | os.PathLike, n_ctx: int = 512, threads: int | None = None, **kwargs):
+    """A ``llama_cpp.Llama`` over the GGUF file ``path`` with every position's logits kept (``logits_all``)."""
+    llama_cpp = require_llama_cpp()
+    if not Path(path).is_file():
+        raise SortedNetError(f"GGUF file {str(path)!r} not found")
+    threads = threads or len(os.sched_getaffinity(0))
+    return llama_cpp.Llama(
+        model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+        verbose=False, **kwargs,
+    )  # fmt: skip
+
+
+def logits(llm, tokens: list[int]) -> np.ndarray:
+    """llama.cpp's next-token logits ``[len(tokens), vocab]`` for ``tokens``, from a fresh context."""
+    llm.reset()
+    llm.eval(tokens)
+    return np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
+
+
+def greedy(llm, tokens: list[int], new_tokens: int) -> list[int]:
+    """``new_tokens`` tokens after ``tokens``, each the argmax of llama.cpp's logits (no sampler involved)."""
+    llm.reset()
+    llm.eval(tokens)
+    out: list[int] = []
+    for _ in range(new_tokens):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+def decode_speed(llm, prompt: list[int], new_tokens: int) -> float:
+    """Tokens per second of batch-1 greedy decoding after ``prompt`` (prompt processing not counted)."""
+    llm.reset()
+    llm.eval(prompt)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return new_tokens / (time.perf_counter() - start)

@@ -2,6 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LLAMACPP_STAMP := $(VENV)/.installed-llamacpp
 # The torch build installed when none is present (pip picks CUDA or CPU by platform; pin here, range in pyproject).
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
@@ -18,15 +19,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The llamacpp extra: llama.cpp built from source (minutes, once), so the GGUF tests run in llama.cpp itself.
+$(LLAMACPP_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[llamacpp]"
+	touch $(LLAMACPP_STAMP)
+
 train: install
 	$(PY) -m sortednet.train $(ARGS)
 
-# The suite without the tests marked slow (multi-process runs, torch.compile): what to run while working.
+# The suite without the tests marked slow (multi-process runs, torch.compile): what to run while working. Without
+# the llamacpp extra its llama.cpp checks skip, saying so (-rs prints every skip reason).
 test: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -rs $(PYTEST_ARGS)
 
-# Every test, the slow ones included: what CI runs.
-test-all: install
+# Every test, the slow ones and the llama.cpp checks included (the llamacpp extra installed first): what CI runs.
+test-all: install $(LLAMACPP_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -257,3 +257,14 @@ def test_llama_cpp_runs_the_q8_0_file_close_to_float32(ckpt, tmp_path, capsys):
     ours = exit_logits(ckpt, 4, ids)
     assert np.abs(theirs - ours).max() < 0.05 * np.abs(ours).max()
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
+
+
+@needs_llama_cpp
+def test_an_exit_gguf_as_llama_cpp_s_draft_model_is_lossless(exported):
+    """llama.cpp's speculative loop with exit 2 drafting for exit 4: greedy output equal to exit 4's alone."""
+    from sortednet.inference.llamacpp import exit_draft, generate_greedy, open_gguf
+
+    ids = prompt_ids()
+    plain = generate_greedy(open_gguf(exported / "exit_4.gguf", n_ctx=128), ids, 16)
+    draft = exit_draft(exported / "exit_2.gguf", num_pred_tokens=3, n_ctx=128)
+    assert generate_greedy(open_gguf(exported / "exit_4.gguf", n_ctx=128, draft_model=draft), ids, 16) == plain

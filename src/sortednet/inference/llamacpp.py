@@ -8,6 +8,7 @@ everything here says so in one line when it is missing.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -66,3 +67,30 @@ def decode_speed(llm, prompt: list[int], new_tokens: int) -> float:
     for _ in range(new_tokens):
         llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
     return new_tokens / (time.perf_counter() - start)
+
+
+def generate_greedy(llm, prompt: list[int], new_tokens: int) -> list[int]:
+    """``new_tokens`` greedy tokens from llama-cpp-python's own generation loop (its greedy sampler), which is the
+    loop that drafts and verifies when ``llm`` has a ``draft_model``."""
+    tokens = llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True)
+    return [int(t) for t in itertools.islice(tokens, new_tokens)]
+
+
+def exit_draft(path: str | os.PathLike, num_pred_tokens: int = 4, n_ctx: int = 512, threads: int | None = None):
+    """An exit-K GGUF of the same checkpoint as llama-cpp-python's ``LlamaDraftModel``: for the tokens so far it
+    returns the sub-model's ``num_pred_tokens`` greedy tokens. ``Llama(full.gguf, draft_model=...)`` verifies
+    them in one batch; under greedy decoding the output is the full model's, whatever the draft proposes."""
+    require_llama_cpp()
+    from llama_cpp.llama_speculative import LlamaDraftModel
+
+    class ExitDraft(LlamaDraftModel):
+        def __init__(self):
+            # logits of the last position only: the draft never verifies anything itself
+            self.llm = open_gguf(path, n_ctx=n_ctx, threads=threads)
+
+        def __call__(self, input_ids: np.ndarray, /, **kwargs) -> np.ndarray:
+            # generate() keeps the KV cache of the longest common prefix with the previous call
+            drafts = generate_greedy(self.llm, [int(t) for t in input_ids], num_pred_tokens)
+            return np.array(drafts, dtype=np.intc)
+
+    return ExitDraft()

@@ -193,6 +193,34 @@ def train_in_process(argv: list[str], capsys) -> tuple[int, str]:
     return code, err
 
 
+def run_main(main, argv, capsys) -> tuple[int, str, str]:
+    """A command's ``main(argv)`` in this process (every argument as text): its exit status, stdout and stderr."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, *words: str, alone: bool = True) -> str:
+    """Assert a command's refusal as users see it: status 2, no traceback, one ``sortednet: error: …`` line holding
+    every word, and (``alone``) nothing else on stderr; ``alone=False`` lets warnings stand beside the one error
+    line (a training run's loggers and Hydra). Returns the error line."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("sortednet: error: ")]
+    assert len(errors) == 1 and all(word in errors[0] for word in words), err
+    if alone:
+        assert lines == errors, err
+    return errors[0]
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    """The message of a raised error (``pytest.raises``), asserted to be one line."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
 def succeeded(process: subprocess.CompletedProcess) -> str:
     """The stdout of a process that must have exited with status 0 (else its stderr's end, as the failure)."""
     assert process.returncode == 0, process.stderr[-3000:]

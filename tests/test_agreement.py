@@ -5,16 +5,19 @@ PandaLM-7B's published row on the real files."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from conftest import save_tiny
+from conftest import one_line_error, run_main, save_tiny
 from sortednet import evaluate
 from sortednet.errors import SortedNetError
 from sortednet.eval import agreement, pandalm
 from sortednet.eval.agreement import LABELS, PREDICTED, pair_verdict, read_labelled_pairs, read_verdicts
+
+_run = partial(run_main, evaluate.main)  # evaluate in this process: status, stdout, stderr
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm"
 
@@ -29,12 +32,6 @@ def _pair(idx: int, votes: tuple, response1: str = "a", response2: str = "b") ->
 def _write(path: Path, records) -> Path:
     path.write_text(json.dumps(records))
     return path
-
-
-def _run(argv, capsys) -> tuple[int, str, str]:
-    code = evaluate.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_metrics_on_hand_made_verdicts_by_hand_and_as_scikit_learn_computes_them():
@@ -193,8 +190,7 @@ def test_bad_judge_agreement_input_is_one_line(testset, tmp_path, capsys):
     ]
     for argv, message in cases:
         code, _, err = _run([*argv, f"out={tmp_path / 'never'}"], capsys)
-        lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and message in lines[0], err
+        one_line_error(code, err, message)
 
 
 @pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import save_tiny
+from conftest import one_line, save_tiny
 from sortednet.data.prompts import ALPACA
 from sortednet.errors import SortedNetError
 from sortednet.eval.analysis import exit_similarity, greedy_continuations, plot_curves, write_csv
@@ -29,12 +29,6 @@ def net(embedded_root):
 @pytest.fixture(scope="module")
 def prompts(tokenizer):
     return [tokenizer(ALPACA.format(i))["input_ids"] for i in INSTRUCTIONS]
-
-
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert "\n" not in message, message
-    return message
 
 
 def _by_exit(rows: list[dict]) -> dict[int, list[dict]]:
@@ -163,17 +157,17 @@ def test_mismatched_reference_gives_one_line_errors(net, tokenizer, prompts, tmp
     other_tokenizer.add_tokens(["zzqx"])
     with pytest.raises(SortedNetError) as error:
         exit_similarity(net, tokenizer, prompts, [8], reference=(net, other_tokenizer))
-    assert "tokenizer differs" in _one_line(error)
+    assert "tokenizer differs" in one_line(error)
 
     narrow = _second_model(tmp_path / "narrow", tokenizer, hidden_size=32)
     with pytest.raises(SortedNetError) as error:
         exit_similarity(net, tokenizer, prompts, [8], reference=(narrow, tokenizer))
-    assert "128 and 32 dimensions" in _one_line(error) and "equal widths" in str(error.value)
+    assert "128 and 32 dimensions" in one_line(error) and "equal widths" in str(error.value)
 
     wider_vocab = _second_model(tmp_path / "vocab", tokenizer, vocab_size=len(tokenizer) + 5)
     with pytest.raises(SortedNetError) as error:
         exit_similarity(net, tokenizer, prompts, [8], reference=(wider_vocab, tokenizer))
-    assert "same vocabulary" in _one_line(error)
+    assert "same vocabulary" in one_line(error)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +183,7 @@ def test_bad_arguments_give_one_line_errors(net, tokenizer, prompts, kwargs, mes
     arguments = {"prompts_ids": prompts, "exits": [8], "positions": 4, **kwargs}
     with pytest.raises(SortedNetError) as error:
         exit_similarity(net, tokenizer, arguments.pop("prompts_ids"), arguments.pop("exits"), **arguments)
-    assert message in _one_line(error)
+    assert message in one_line(error)
 
 
 def test_csv_and_png_are_written(net, tokenizer, prompts, tmp_path):

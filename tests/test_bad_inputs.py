@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_checkpoint, train_in_process
+from conftest import one_line_error, save_checkpoint, train_in_process
 from sortednet import calibrate, consolidate, evaluate, export, generate, plan
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.embedded import make_rows
@@ -63,13 +63,6 @@ def _fill(argv: list[str], files: dict[str, Path]) -> list[str]:
     return argv
 
 
-def _one_line(code, err: str, message: str) -> None:
-    assert code == 2, err
-    errors = [line for line in err.splitlines() if line.startswith("sortednet: error: ")]
-    assert len(errors) == 1 and message in errors[0], err
-    assert "Traceback" not in err
-
-
 TRAIN = [
     (["data.path=<binary>"], "is not UTF-8 text"),
     (["data.path=<unreadable_json>"], "cannot read data file"),
@@ -113,7 +106,7 @@ def test_bad_train_input_is_refused_before_anything_is_written(tmp_path, files, 
     run_dir = tmp_path / "run"
     base = [f"hydra.run.dir={run_dir}", "data.path=<data>", "logger=csv", "eval.num_generate=0", "data.val_size=8"]
     code, err = train_in_process(_fill([*base, *overrides], {**files, "cache": cache_dir}), capsys)
-    _one_line(code, err, message)
+    one_line_error(code, err, message, alone=False)
     written = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
     assert written == []  # no .hydra/, csv/, wandb/ or checkpoints/ of a refused run
 
@@ -123,14 +116,14 @@ def test_a_run_directory_that_holds_a_run_is_refused_and_kept(tmp_path, files, c
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"the earlier run's checkpoint")
     code, err = train_in_process([f"hydra.run.dir={run_dir}", f"data.path={files['data']}", "logger=csv"], capsys)
-    _one_line(code, err, "already holds a run")
+    one_line_error(code, err, "already holds a run", alone=False)
     assert sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "last.ckpt"]
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"the earlier run's checkpoint"
 
 
 def test_an_unknown_training_key_is_one_line_before_the_run_directory(tmp_path, capsys):
     code, err = train_in_process([f"hydra.run.dir={tmp_path / 'run'}", "no_such_key=1"], capsys)
-    _one_line(code, err, "'no_such_key': not a training setting")
+    one_line_error(code, err, "'no_such_key': not a training setting", alone=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -166,7 +159,7 @@ INFERENCE = [
 )
 def test_bad_input_of_the_other_commands_is_one_line(tmp_path, files, capsys, command, argv, message):
     code = command.main(_fill(argv, {**files, "tmp": tmp_path}))
-    _one_line(code, capsys.readouterr().err, message)
+    one_line_error(code, capsys.readouterr().err, message, alone=False)
     assert not (tmp_path / "eval").exists()  # nothing of a refused evaluation
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import train_in_process
+from conftest import one_line_error, train_in_process
 from sortednet import bench, calibrate, cli, consolidate, evaluate, export, generate, plan
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
@@ -43,12 +43,6 @@ def _check_help(out: str, config_type: type) -> None:
         assert all(f"      {line}" in out for line in key.doc.splitlines()), key.name
 
 
-def _one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("sortednet: error: ") and all(w in err for w in words), err
-
-
 @pytest.mark.parametrize(("name", "main", "head", "config_type", "unknown", "wrong"), COMMANDS, ids=IDS)
 def test_help_lists_every_key_with_its_docstring(name, main, head, config_type, unknown, wrong, capsys):
     for flag in ("--help", "-h"):
@@ -62,7 +56,7 @@ def test_help_lists_every_key_with_its_docstring(name, main, head, config_type, 
 def test_an_unknown_key_is_one_line_with_a_suggestion(name, main, head, config_type, unknown, wrong, capsys):
     arg, suggestion = unknown
     key = arg.partition("=")[0]
-    _one_line_error(main([*head, arg]), capsys.readouterr().err, f"'{key}'", f"did you mean {suggestion}")
+    one_line_error(main([*head, arg]), capsys.readouterr().err, f"'{key}'", f"did you mean {suggestion}")
 
 
 @pytest.mark.parametrize(("name", "main", "head", "config_type", "unknown", "wrong"), COMMANDS, ids=IDS)
@@ -73,7 +67,7 @@ def test_a_wrong_type_is_one_line_naming_the_key_and_its_type(name, main, head, 
     arg, key, type_name = wrong
     value = arg.partition("=")[2]
     message = f"{key}='{value}' is not a valid {type_name}"
-    _one_line_error(main([*head, arg]), capsys.readouterr().err, message, "give e.g. ")
+    one_line_error(main([*head, arg]), capsys.readouterr().err, message, "give e.g. ")
 
 
 TWICE = [(generate.main, [], "ckpt"), (export.main, [], "ckpt"), (evaluate.main, [], "ckpt"),
@@ -83,8 +77,8 @@ TWICE = [(generate.main, [], "ckpt"), (export.main, [], "ckpt"), (evaluate.main,
 
 @pytest.mark.parametrize(("main", "head", "key"), TWICE, ids=[" ".join([m.__module__, *h]) for m, h, _ in TWICE])
 def test_a_key_twice_or_without_a_value_is_one_line(main, head, key, capsys):
-    _one_line_error(main([*head, f"{key}=0.5", f"{key}=0.5"]), capsys.readouterr().err, f"{key} is given twice")
-    _one_line_error(main([*head, key]), capsys.readouterr().err, f"'{key}' is not key=value")
+    one_line_error(main([*head, f"{key}=0.5", f"{key}=0.5"]), capsys.readouterr().err, f"{key} is given twice")
+    one_line_error(main([*head, key]), capsys.readouterr().err, f"'{key}' is not key=value")
 
 
 def test_train_help_lists_every_key_with_its_docstring(capsys):
@@ -111,13 +105,13 @@ def test_train_refuses_what_hydra_cannot_compose_in_one_line_before_writing(argv
     several lines, status 1), also for a sweep, and before any run or sweep directory exists."""
     monkeypatch.chdir(tmp_path)
     code, err = train_in_process(argv, capsys)
-    _one_line_error(code, err, *words)
+    one_line_error(code, err, *words)
     assert not list(tmp_path.iterdir())
 
 
 def test_bench_without_a_command_is_one_line(capsys):
-    _one_line_error(bench.main([]), capsys.readouterr().err, "no command given", "train|generate")
-    _one_line_error(bench.main(["trian"]), capsys.readouterr().err, "unknown command 'trian'", "did you mean train")
+    one_line_error(bench.main([]), capsys.readouterr().err, "no command given", "train|generate")
+    one_line_error(bench.main(["trian"]), capsys.readouterr().err, "unknown command 'trian'", "did you mean train")
     assert bench.main(["--help"]) == 0 and "bench train --help" in capsys.readouterr().out
 
 

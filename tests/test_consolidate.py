@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import one_line_error, run_main, save_tiny
 from sortednet.consolidate import EXIT_HEADS_FILE, main
 
 
@@ -42,12 +42,6 @@ def tiny(tmp_path, embedded_root) -> dict:
     return {"model": model_dir, "tokenizer": embedded_root / "tokenizer"}
 
 
-def _run(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_single_file_checkpoint_round_trip(tmp_path, tiny, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -56,7 +50,7 @@ def test_single_file_checkpoint_round_trip(tmp_path, tiny, capsys):
     ckpt = tmp_path / "last.ckpt"
     state = _sorted_ckpt(ckpt, tiny["model"], tiny["tokenizer"])
     out = tmp_path / "exports" / "full"
-    code, stdout, err = _run(capsys, f"ckpt={ckpt}", f"out={out}")
+    code, stdout, err = run_main(main, [f"ckpt={ckpt}", f"out={out}"], capsys)
     assert code == 0, err
     assert "soft, 4 layers, exits [2, 4]" in stdout and str(out) in stdout
 
@@ -87,7 +81,7 @@ def test_ict_heads_are_kept_beside_the_model(tmp_path, tiny, capsys):
     ckpt = tmp_path / "ict.ckpt"
     state = _sorted_ckpt(ckpt, tiny["model"], tiny["tokenizer"], exits=(2, 4), heads=(2,))
     out = tmp_path / "ict"
-    code, stdout, err = _run(capsys, f"ckpt={ckpt}", f"out={out}", "dtype=bfloat16")
+    code, stdout, err = run_main(main, [f"ckpt={ckpt}", f"out={out}", "dtype=bfloat16"], capsys)
     assert code == 0, err
     assert f"ICT heads [2] in {EXIT_HEADS_FILE}" in stdout
     heads = load_file(out / EXIT_HEADS_FILE)
@@ -122,7 +116,6 @@ def test_bad_input_is_one_line(tmp_path, tiny, capsys):
         ([f"ckpt={ckpt}"], "out=DIR"),
     ]
     for args, message in cases:
-        code, _, err = _run(capsys, *args)
-        assert code == 2 and err.startswith("sortednet: error:") and message in err, (args, err)
-        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        code, _, err = run_main(main, args, capsys)
+        one_line_error(code, err, message)
     assert not (tmp_path / "a").exists() and (tmp_path / "taken" / "keep.txt").read_text() == "mine"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import one_line
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import (
     Collator,
@@ -68,12 +69,6 @@ def _write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert "\n" not in message, message
-    return message
-
-
 # 1. Prompt templates ------------------------------------------------------------------------------
 
 
@@ -91,7 +86,7 @@ def test_alpaca_templates_character_for_character():
     assert get_prompt_style("alpaca") is ALPACA
     with pytest.raises(SortedNetError, match="unknown prompt style 'vicuna'") as error:
         get_prompt_style("vicuna")
-    _one_line(error)
+    one_line(error)
 
 
 # 2. Token-for-token equality with the stanford_alpaca recipe --------------------------------------
@@ -184,7 +179,7 @@ def test_rows_whose_prompt_fills_max_length_are_dropped_with_warning(tokenizer, 
 def test_every_row_too_long_raises(tokenizer):
     with pytest.raises(SortedNetError) as error:
         tokenize_rows(ROWS, tokenizer, "alpaca", 10, mask_prompt=True)
-    message = _one_line(error)
+    message = one_line(error)
     assert "data.max_length" in message and "max_length=10" in message
 
 
@@ -252,12 +247,12 @@ def test_bad_file_raises_one_line_error_and_writes_nothing(tokenizer, tmp_path, 
     # Directly through read_rows + check_rows ...
     with pytest.raises(SortedNetError) as error:
         check_rows(read_rows(str(file)), str(file))
-    assert re.search(pattern, _one_line(error)), str(error.value)
+    assert re.search(pattern, one_line(error)), str(error.value)
     # ... and through load_tokenized, which must leave nothing (no partial or temporary entry) in its cache.
     cache = tmp_path / "cache"
     with pytest.raises(SortedNetError) as error:
         load_tokenized(str(file), tokenizer, "alpaca", 64, True, cache)
-    assert re.search(pattern, _one_line(error)), str(error.value)
+    assert re.search(pattern, one_line(error)), str(error.value)
     assert not cache.exists() or [p for p in cache.rglob("*") if not p.is_dir()] == []
     assert not (cache / "tokenized").exists() or list((cache / "tokenized").iterdir()) == []
 
@@ -265,7 +260,7 @@ def test_bad_file_raises_one_line_error_and_writes_nothing(tokenizer, tmp_path, 
 def test_null_instruction_raises_and_null_output_is_dropped(caplog):
     with pytest.raises(SortedNetError) as error:
         check_rows([GOOD, {"instruction": None, "output": "x"}], "data.json")
-    assert "row 1" in _one_line(error)
+    assert "row 1" in one_line(error)
     with caplog.at_level(logging.WARNING):
         assert check_rows([GOOD, {"instruction": "a", "output": None}], "data.json") == [
             {"instruction": GOOD["instruction"], "input": GOOD.get("input") or "", "output": GOOD["output"]}
@@ -306,10 +301,10 @@ def test_missing_file_says_not_found(tokenizer, tmp_path, monkeypatch, path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SortedNetError) as error:
         read_rows(path)
-    assert "not found" in _one_line(error) and repr(path) in str(error.value)
+    assert "not found" in one_line(error) and repr(path) in str(error.value)
     with pytest.raises(SortedNetError, match="not found") as error:
         load_tokenized(path, tokenizer, "alpaca", 64, True, tmp_path / "cache")
-    _one_line(error)
+    one_line(error)
     tokenized = tmp_path / "cache" / "tokenized"
     assert not tokenized.exists() or list(tokenized.iterdir()) == []
 
@@ -431,14 +426,14 @@ def test_max_train_samples_keeps_a_seeded_subset_and_the_same_validation_rows():
     assert split(40, 8, seed=3, max_train=100) == (train, val)  # more than there are: all of them
     with pytest.raises(SortedNetError, match="data.max_train_samples=0") as error:
         split(40, 8, seed=3, max_train=0)
-    _one_line(error)
+    one_line(error)
 
 
 @pytest.mark.parametrize("val_size", [0, 0.0, 0.001, 40, 41, -1])
 def test_split_that_leaves_nothing_raises(val_size):
     with pytest.raises(SortedNetError, match="data.val_size") as error:
         split(40, val_size, seed=0)
-    _one_line(error)
+    one_line(error)
 
 
 # 8. The data module end to end --------------------------------------------------------------------

@@ -8,13 +8,14 @@ import json
 import math
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from rouge_score.rouge_scorer import RougeScorer
 
-from conftest import save_checkpoint, save_tiny
+from conftest import one_line_error, run_main, save_checkpoint, save_tiny
 from sortednet import evaluate
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
@@ -22,6 +23,8 @@ from sortednet.embedded import make_rows
 from sortednet.eval.exits import greedy_answers, greedy_ids
 from sortednet.eval.pareto import pareto_frontier, pareto_table
 from sortednet.inference.load import load_sorted, prompt_style_of
+
+_run = partial(run_main, evaluate.main)  # evaluate in this process: status, stdout, stderr
 
 # PandaLM-format items (motivation_app, instruction, input; no reference output), short enough for the tiny model.
 PANDALM_ITEMS = [
@@ -53,22 +56,9 @@ def rows_file(tmp_path) -> Path:
     return path
 
 
-def _run(argv, capsys) -> tuple[int, str, str]:
-    code = evaluate.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _read_csv(path: Path) -> list[dict]:
     with path.open() as handle:
         return list(csv.DictReader(handle))
-
-
-def _one_line_error(code: int, err: str, message: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sortednet: error: "), err
-    assert message in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- loss
@@ -192,7 +182,7 @@ def test_generate_on_an_instruction_set_without_references(ckpts, tmp_path, caps
     assert "exact_match" not in info and "rouge_l" not in info
     assert info["mean_answer_tokens"] == sum(x["tokens"] for x in lines) / 2 and 0 <= info["eos_share"] <= 1
     code, _, err = _run([*argv, "max_new_tokens=250"], capsys)  # the tiny model's window is 256 positions
-    _one_line_error(code, err, "exceed the model's max_position_embeddings=256")
+    one_line_error(code, err, "exceed the model's max_position_embeddings=256")
 
 
 # ---------------------------------------------------------------- pareto
@@ -346,9 +336,9 @@ def test_pandalm_refuses_answer_files_that_do_not_match(ckpts, judge_dir, tmp_pa
     third.write_text("".join(json.dumps({**x, "instruction": "Other.", "output": "x"}) + "\n" for x in PANDALM_ITEMS))
     common = ["suite=pandalm", f"judge={judge_dir}", f"out={tmp_path / 'run'}"]
     code, _, err = _run([*common, f"answers=[{first},{second}]"], capsys)
-    _one_line_error(code, err, "has 1 answers for 2 instructions")
+    one_line_error(code, err, "has 1 answers for 2 instructions")
     code, _, err = _run([*common, f"answers=[{first},{third}]"], capsys)
-    _one_line_error(code, err, "row 0 answers 'Other.'")
+    one_line_error(code, err, "row 0 answers 'Other.'")
 
 
 def test_triviaqa_and_analysis_suites(ckpts, tmp_path, capsys):
@@ -395,7 +385,7 @@ def test_bad_input_is_one_line_with_status_2(ckpts, tmp_path, capsys):
         (["suite=pareto", soft, f"instructions={Path(__file__)}", out], ".json or .jsonl"),
         (["suite=loss", soft, "colour=red", out], "unknown key 'colour'"),
     ]:
-        _one_line_error(*_run(argv, capsys)[::2], message)
+        one_line_error(*_run(argv, capsys)[::2], message)
     assert os.environ["SORTEDNET_CACHE"] in _run(["suite=generate", soft, out], capsys)[2]
 
 

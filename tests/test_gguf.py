@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CHATML, chat_tokenizer, run_module
+from conftest import CHATML, chat_tokenizer, one_line, run_module
 from sortednet.composition import compose
 from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
@@ -177,16 +177,10 @@ def test_plan_reads_the_architecture_from_the_gguf(untied):
 # ---------------------------------------------------------------- files it cannot read
 
 
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert "\n" not in message, message
-    return message
-
-
 def test_a_missing_gguf_is_one_line(tmp_path):
     with pytest.raises(SortedNetError) as error:
         load_causal_lm(str(tmp_path / "absent.gguf"))
-    assert "not found" in _one_line(error) and "absent.gguf" in str(error.value)
+    assert "not found" in one_line(error) and "absent.gguf" in str(error.value)
 
 
 def test_a_file_that_is_not_gguf_is_one_line(tmp_path):
@@ -195,7 +189,7 @@ def test_a_file_that_is_not_gguf_is_one_line(tmp_path):
     for load in (load_causal_lm, load_tokenizer, load_config):
         with pytest.raises(SortedNetError) as error:
             load(str(fake))
-        assert "is not a GGUF file" in _one_line(error)
+        assert "is not a GGUF file" in one_line(error)
 
 
 def test_a_truncated_gguf_is_one_line(untied, tmp_path):
@@ -207,7 +201,7 @@ def test_a_truncated_gguf_is_one_line(untied, tmp_path):
         for load in (load_causal_lm, load_tokenizer):
             with pytest.raises(SortedNetError) as error:
                 load(str(cut))
-            message = _one_line(error)
+            message = one_line(error)
             assert f"cut{size}.gguf" in message and "complete .gguf" in message, message
 
 
@@ -215,7 +209,7 @@ def test_an_unsupported_architecture_is_one_line(tokenizer, tmp_path):
     path = write_gguf(tiny_llama(len(tokenizer), tied=True), tokenizer, tmp_path / "rwkv.gguf", architecture="rwkv6")
     with pytest.raises(SortedNetError) as error:
         load_causal_lm(str(path))
-    assert "not supported" in _one_line(error) and "rwkv6" in str(error.value)
+    assert "not supported" in one_line(error) and "rwkv6" in str(error.value)
 
 
 # ---------------------------------------------------------------- training from a GGUF

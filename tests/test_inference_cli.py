@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import main_in_process, save_tiny
+from conftest import main_in_process, one_line_error, run_main, save_tiny
 from sortednet import export, generate
 from sortednet.data.prompts import ALPACA
 from sortednet.eval.exits import greedy_answers
@@ -24,24 +24,10 @@ PROMPT = "What color is the apple?"
 N = 12  # new tokens per answer: the random model rarely stops early, so answers are N tokens long
 
 
-def _run(main, argv, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", f"sortednet.{module}", *args], capture_output=True, text=True, timeout=120
     )
-
-
-def _one_line_error(code: int, err: str, message: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sortednet: error: "), err
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in err
 
 
 def _prompt_ids(tokenizer, instruction: str, text: str = "") -> list[int]:
@@ -69,7 +55,7 @@ def test_export_is_a_plain_hf_model_with_exit_k_logits(ckpts, tmp_path, capsys, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "out"
-    code, stdout, err = _run(export.main, [f"ckpt={ckpts[name]}", f"exit={exit_}", f"out={out}"], capsys)
+    code, stdout, err = run_main(export.main, [f"ckpt={ckpts[name]}", f"exit={exit_}", f"out={out}"], capsys)
     assert code == 0, err
     assert str(out) in stdout
     files = {p.name for p in out.iterdir()}
@@ -94,8 +80,8 @@ def test_export_refuses_to_overwrite_and_checks_its_input(ckpts, tmp_path, capsy
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, err = _run(export.main, [f"ckpt={ckpts['soft']}", "exit=4", f"out={out}"], capsys)
-    _one_line_error(code, err, "non-empty directory")
+    code, _, err = run_main(export.main, [f"ckpt={ckpts['soft']}", "exit=4", f"out={out}"], capsys)
+    one_line_error(code, err, "non-empty directory")
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     fresh = str(tmp_path / "fresh")
     for argv, message in [
@@ -105,7 +91,7 @@ def test_export_refuses_to_overwrite_and_checks_its_input(ckpts, tmp_path, capsy
         ([f"ckpt={tmp_path / 'no.ckpt'}", "exit=4", f"out={fresh}"], "not found"),
         ([f"ckpt={ckpts['soft']}", "exit=4", f"out={fresh}", "dtype=int8"], "unknown dtype"),
     ]:
-        _one_line_error(*_run(export.main, argv, capsys)[::2], message)
+        one_line_error(*run_main(export.main, argv, capsys)[::2], message)
     assert not Path(fresh).exists()
 
 
@@ -113,13 +99,13 @@ def test_export_bfloat16_and_generate_from_the_export(ckpts, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "bf16"
-    assert _run(export.main, [f"ckpt={ckpts['soft']}", "exit=4", f"out={out}", "dtype=bfloat16"], capsys)[0] == 0
+    assert run_main(export.main, [f"ckpt={ckpts['soft']}", "exit=4", f"out={out}", "dtype=bfloat16"], capsys)[0] == 0
     assert AutoModelForCausalLM.from_pretrained(out, dtype="auto").dtype == torch.bfloat16
     exported = tmp_path / "fp32"
-    assert _run(export.main, [f"ckpt={ckpts['soft']}", "exit=4", f"out={exported}"], capsys)[0] == 0
+    assert run_main(export.main, [f"ckpt={ckpts['soft']}", "exit=4", f"out={exported}"], capsys)[0] == 0
     args = [f"prompt={PROMPT}", f"max_new_tokens={N}", "device=cpu"]
-    from_export = _run(generate.main, [f"ckpt={exported}", *args], capsys)
-    from_ckpt = _run(generate.main, [f"ckpt={ckpts['soft']}", "exit=4", *args], capsys)
+    from_export = run_main(generate.main, [f"ckpt={exported}", *args], capsys)
+    from_ckpt = run_main(generate.main, [f"ckpt={ckpts['soft']}", "exit=4", *args], capsys)
     assert from_export[0] == 0 and from_export[1] == from_ckpt[1] and from_export[1].strip()
 
 
@@ -139,9 +125,9 @@ def test_generate_streams_exactly_the_greedy_answer(ckpts):
 def test_sampling_is_reproducible_with_a_seed(ckpts, capsys):
     args = [f"ckpt={ckpts['soft']}", "exit=2", f"prompt={PROMPT}", f"max_new_tokens={N}", "do_sample=true"]
     args += ["temperature=0.9", "top_p=0.95", "device=cpu"]
-    first = _run(generate.main, [*args, "seed=3"], capsys)
-    again = _run(generate.main, [*args, "seed=3"], capsys)
-    other = _run(generate.main, [*args, "seed=4"], capsys)
+    first = run_main(generate.main, [*args, "seed=3"], capsys)
+    again = run_main(generate.main, [*args, "seed=3"], capsys)
+    other = run_main(generate.main, [*args, "seed=4"], capsys)
     assert first[0] == 0 and first[1] == again[1] and first[1] != other[1]
 
 
@@ -154,8 +140,8 @@ def test_batches_give_the_answers_of_single_prompts(ckpts, tmp_path, capsys):
     jsonl = tmp_path / "prompts.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     args = [f"ckpt={ckpts['soft']}", "exit=6", f"prompts={jsonl}", f"max_new_tokens={N}", "device=cpu"]
-    single = _run(generate.main, [*args, "batch_size=1"], capsys)
-    batched = _run(generate.main, [*args, "batch_size=2"], capsys)
+    single = run_main(generate.main, [*args, "batch_size=1"], capsys)
+    batched = run_main(generate.main, [*args, "batch_size=2"], capsys)
     assert single[0] == 0 and batched[0] == 0, single[2] + batched[2]
     net, tokenizer, _ = load_sorted(str(ckpts["soft"]))
     prompts = [_prompt_ids(tokenizer, r["instruction"], r.get("input", "")) for r in rows]
@@ -165,7 +151,7 @@ def test_batches_give_the_answers_of_single_prompts(ckpts, tmp_path, capsys):
 
     txt = tmp_path / "prompts.txt"
     txt.write_text(f"{PROMPT}\n\n{PROMPT}\n")  # the blank line is skipped
-    code, out, _ = _run(
+    code, out, _ = run_main(
         generate.main, [f"ckpt={ckpts['soft']}", "exit=6", f"prompts={txt}", f"max_new_tokens={N}"], capsys
     )
     assert code == 0 and out == "\n".join([answers[0] + "\n"] * 2)
@@ -177,7 +163,7 @@ def test_exit_auto_picks_the_deepest_exit_within_the_budget(ckpts, tmp_path, cap
     ckpt = tmp_path / "auto.ckpt"
     ckpt.write_bytes(ckpts["soft"].read_bytes())
     args = [f"ckpt={ckpt}", "exit=auto", f"prompt={PROMPT}", "max_new_tokens=4", "device=cpu"]
-    code, _, err = _run(generate.main, [*args, "latency_ms_per_token=1e9"], capsys)
+    code, _, err = run_main(generate.main, [*args, "latency_ms_per_token=1e9"], capsys)
     assert code == 0, err
     profile_file = Path(f"{ckpt}.latency.json")
     (entry,) = json.loads(profile_file.read_text()).values()
@@ -188,11 +174,11 @@ def test_exit_auto_picks_the_deepest_exit_within_the_budget(ckpts, tmp_path, cap
 
     budget = sorted(profile.values())[1]  # the second-fastest exit's latency: at least two exits fit
     expected = max(e for e, ms in profile.items() if ms <= budget)
-    code, out, err = _run(generate.main, [*args, f"latency_ms_per_token={budget}"], capsys)
+    code, out, err = run_main(generate.main, [*args, f"latency_ms_per_token={budget}"], capsys)
     assert code == 0 and f"exit=auto: exit {expected} " in err and "cached" in err
-    assert out == _run(generate.main, [*args[:1], f"exit={expected}", *args[2:]], capsys)[1]
+    assert out == run_main(generate.main, [*args[:1], f"exit={expected}", *args[2:]], capsys)[1]
 
-    code, _, err = _run(generate.main, [*args, "latency_ms_per_token=1e-9"], capsys)
+    code, _, err = run_main(generate.main, [*args, "latency_ms_per_token=1e-9"], capsys)
     fastest = min(profile, key=profile.get)
     assert code == 2 and err.strip().splitlines()[-1].startswith("sortednet: error: no exit fits")
     assert f"the fastest, exit {fastest}, takes {profile[fastest]:.3f} ms per token" in err
@@ -205,12 +191,12 @@ def test_speculative_and_dynamic_modes_print_the_full_models_text(ckpts, tmp_pat
             {"instruction": "How many words are in the input?", "input": "apple apple"}]  # fmt: skip
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     common = [f"ckpt={ckpts['soft']}", f"prompts={jsonl}", f"max_new_tokens={N}", "device=cpu"]
-    code, full, err = _run(generate.main, [*common, "exit=8"], capsys)
+    code, full, err = run_main(generate.main, [*common, "exit=8"], capsys)
     assert code == 0, err
     modes = {"speculative": ("draft_exit=2", "acceptance="), "dynamic": ("thresholds=[1,1,1]", "mean_exit=8")}
     for mode, (setting, stat) in modes.items():
         for batch, label in (("batch_size=1", "[3/3]"), ("batch_size=3", f"[1-3/3] {mode}, batch of 3")):
-            code, out, err = _run(generate.main, [*common, f"mode={mode}", setting, batch], capsys)
+            code, out, err = run_main(generate.main, [*common, f"mode={mode}", setting, batch], capsys)
             assert code == 0 and out == full, err
             assert label in err and stat in err and "total (3 prompts)" in err
 
@@ -260,7 +246,7 @@ BAD_GENERATE = [
 def test_bad_generate_input_is_one_line(ckpts, capsys, extra, message):
     keys = {a.split("=", 1)[0] for a in extra}
     base = [f"ckpt={ckpts['soft']}", "device=cpu"] + ([] if keys & {"prompt", "prompts"} else [f"prompt={PROMPT}"])
-    _one_line_error(*_run(generate.main, base + extra, capsys)[::2], message)
+    one_line_error(*run_main(generate.main, base + extra, capsys)[::2], message)
 
 
 def test_bad_input_without_a_model(ckpts, tmp_path, capsys):
@@ -280,7 +266,7 @@ def test_bad_input_without_a_model(ckpts, tmp_path, capsys):
         ([f"ckpt={ckpts['soft']}", "prompt=hi", "exit"], "is not key=value"),
         ([f"ckpt={ckpts['soft']}", "prompt=hi", "exit=2", "exit=4"], "given twice"),
     ]:
-        _one_line_error(*_run(generate.main, argv, capsys)[::2], message)
+        one_line_error(*run_main(generate.main, argv, capsys)[::2], message)
 
 
 def test_the_real_commands_fail_in_one_line_with_status_2(ckpts, tmp_path, capsys):
@@ -290,5 +276,5 @@ def test_the_real_commands_fail_in_one_line_with_status_2(ckpts, tmp_path, capsy
         ("export", [f"ckpt={tmp_path / 'nope.ckpt'}", "exit=2", f"out={tmp_path / 'x'}"], "not found"),
     ]:
         code, out, err = main_in_process(f"sortednet.{module}", args, capsys)
-        _one_line_error(code, err, message)
+        one_line_error(code, err, message)
         assert out == ""

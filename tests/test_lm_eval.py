@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_checkpoint
+from conftest import one_line_error, save_checkpoint
 from sortednet import evaluate, export
 from sortednet.config import ModelConfig, ObjectiveConfig
 
@@ -138,8 +138,7 @@ def test_bad_lm_eval_input_is_one_line(setup, tmp_path, capsys, monkeypatch):
     ]
     for argv, message in cases:
         code = evaluate.main(["suite=lm_eval", f"ckpt={ckpt}", *argv, f"out={tmp_path / 'never'}"])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and message in err[0], err
+        one_line_error(code, capsys.readouterr().err, message)
     code = evaluate.main(["suite=loss", f"ckpt={ckpt}", "tasks=[sn_choice]", f"out={tmp_path / 'never'}"])
     assert code == 2 and "are for suite=lm_eval" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "lm_eval.tasks", None)  # as if lm-eval were not installed

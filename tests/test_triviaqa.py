@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_line
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import load_tokenized, tokenized_split
 from sortednet.data.datamodule import AlpacaDataModule
@@ -70,12 +71,6 @@ def _write_to_json(path: Path, rows: list[dict]) -> Path:
 
     datasets.Dataset.from_list(rows).to_json(str(path))
     return path
-
-
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert "\n" not in message, message
-    return message
 
 
 # 1. Reading ----------------------------------------------------------------------------------------
@@ -145,10 +140,10 @@ def test_bad_rows_give_one_line_errors_naming_file_row_and_field(tmp_path, name)
     file.write_text(json.dumps([{"question": "ok", "answers": ["fine"]}, row]), encoding="utf-8")
     with pytest.raises(SortedNetError) as error:
         read_triviaqa(str(file))
-    assert re.search(pattern, _one_line(error)), str(error.value)
+    assert re.search(pattern, one_line(error)), str(error.value)
     with pytest.raises(SortedNetError) as error:  # the training path reports the same
         training_rows(str(file))
-    assert re.search(pattern, _one_line(error)), str(error.value)
+    assert re.search(pattern, one_line(error)), str(error.value)
 
 
 def test_a_bad_first_row_is_still_reported_as_triviaqa(tmp_path):
@@ -156,7 +151,7 @@ def test_a_bad_first_row_is_still_reported_as_triviaqa(tmp_path):
     file.write_text(json.dumps({"answers": ["x"]}) + "\n", encoding="utf-8")
     with pytest.raises(SortedNetError) as error:
         training_rows(str(file))
-    assert "row 0 of" in _one_line(error) and "no 'question' field" in str(error.value)
+    assert "row 0 of" in one_line(error) and "no 'question' field" in str(error.value)
 
 
 def test_hub_ids_are_told_apart_from_files(tmp_path):
@@ -172,11 +167,11 @@ def test_unreachable_hub_asks_for_a_local_file(monkeypatch, tokenizer, tmp_path)
     monkeypatch.setattr(sortednet.hub, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(SortedNetError) as error:
         read_triviaqa("mandarjoshi/trivia_qa")
-    message = _one_line(error)
+    message = one_line(error)
     assert "hub is unreachable" in message and "local file" in message and "unfiltered.nocontext" in message
     with pytest.raises(SortedNetError) as error:
         load_tokenized("mandarjoshi/trivia_qa", tokenizer, "triviaqa", 64, True, tmp_path / "cache")
-    assert "hub is unreachable" in _one_line(error)
+    assert "hub is unreachable" in one_line(error)
     assert not list((tmp_path / "cache").rglob("*.arrow"))
 
 
@@ -243,7 +238,7 @@ def test_a_file_in_an_unknown_layout_names_the_layouts_read(tmp_path, name):
     for read in (read_triviaqa, training_rows):
         with pytest.raises(SortedNetError) as error:
             read(str(file))
-        message = _one_line(error)
+        message = one_line(error)
         assert "row 0 of" in message and str(file) in message
         if name != "foundry_without_answer":
             assert "trivia_qa {question, answer: {value, aliases}}" in message and "llm-foundry {context" in message
@@ -411,7 +406,7 @@ def test_score_answers_averages_and_counts():
     assert empty["n"] == 0 and math.isnan(empty["em_cased"]) and math.isnan(empty["f1"])
     with pytest.raises(SortedNetError) as error:
         score_answers(["a"], [["a"], ["b"]])
-    assert "1 predictions for 2 questions" in _one_line(error)
+    assert "1 predictions for 2 questions" in one_line(error)
 
 
 # 4. Per-exit evaluation ----------------------------------------------------------------------------
@@ -478,10 +473,10 @@ def test_evaluate_exits_refuses_bad_input(net, tokenizer):
     meta = {"prompt_style": "triviaqa"}
     with pytest.raises(SortedNetError) as error:
         evaluate_exits(net, tokenizer, meta, [], [8])
-    assert "no TriviaQA questions" in _one_line(error)
+    assert "no TriviaQA questions" in one_line(error)
     with pytest.raises(SortedNetError) as error:
         evaluate_exits(net, tokenizer, meta, RECORDS, [0, 9])
-    assert "[1, 8]" in _one_line(error)
+    assert "[1, 8]" in one_line(error)
 
 
 @pytest.mark.skipif(not REAL_TRIVIAQA.is_file(), reason="needs ../shared/data/triviaqa (the project's real data)")

@@ -70,7 +70,8 @@ def main(gguf: Path, out: Path, exits: list[int]) -> None:
             file = out / f"exit_{exit_}.{dtype}.gguf"
             if not file.exists():
                 export_gguf(ExportConfig(ckpt=str(ckpt), exit=exit_, out=str(file), dtype=dtype), file)
-            llm = open_gguf(file, n_ctx=256)
+            # float32: with a float32 KV cache, to check the file exactly; q8_0: llama.cpp's default (float16) cache
+            llm = open_gguf(file, n_ctx=256, float32_cache=dtype == "float32")
             theirs = logits(llm, ids)
             agree = float((theirs.argmax(-1) == ours.argmax(-1)).mean())
             ran = greedy(llm, ids, NEW_TOKENS)

@@ -47,7 +47,7 @@ LAYER_TENSORS = {
 # the same way. Any other pre-tokenizer is refused: a wrong one would tokenize differently with no error.
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 _PRE_TOKENIZERS = {
-    "gpt2": _BYTE_LEVEL,
+    "gpt-2": _BYTE_LEVEL,
     "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
 }
 
@@ -214,7 +214,7 @@ def _pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
             return name
     raise SortedNetError(
         f"the tokenizer's pre-tokenizer {json.dumps(found)} has no llama.cpp equivalent known to the GGUF writer "
-        f"(it knows byte-level BPE as gpt2 and smollm); export a Hugging Face directory (out=DIR) instead"
+        f"(it knows byte-level BPE as gpt-2 and smollm); export a Hugging Face directory (out=DIR) instead"
     )
 
 

@@ -29,12 +29,19 @@ def require_llama_cpp():
     return llama_cpp
 
 
-def open_gguf(path: str | os.PathLike, n_ctx: int = 512, threads: int | None = None, **kwargs):
-    """A ``llama_cpp.Llama`` over the GGUF file ``path`` with every position's logits kept (``logits_all``)."""
+def open_gguf(
+    path: str | os.PathLike, n_ctx: int = 512, threads: int | None = None, float32_cache: bool = False, **kwargs
+):
+    """A ``llama_cpp.Llama`` over the GGUF file ``path`` with every position's logits kept (``logits_all``).
+
+    ``float32_cache``: keys and values cached in float32; llama.cpp's default float16 cache puts its logits
+    about 1e-3 off a float32 model's, too far to check a float32 file against sortednet's logits."""
     llama_cpp = require_llama_cpp()
     if not Path(path).is_file():
         raise SortedNetError(f"GGUF file {str(path)!r} not found")
     threads = threads or len(os.sched_getaffinity(0))
+    if float32_cache:
+        kwargs.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     return llama_cpp.Llama(
         model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
         verbose=False, **kwargs,

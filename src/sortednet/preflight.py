@@ -11,25 +11,11 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from sortednet.config import TrainConfig
+from sortednet.config import TrainConfig, check_ranges
 from sortednet.errors import SortedNetError
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _at_least(key: str, value: Any, low: int, what: str = "") -> None:
-    if not _is_int(value) or value < low:
-        raise SortedNetError(f"{key}={value!r} must be a whole number >= {low}{what}; set e.g. {key}={max(low, 1)}")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -56,44 +42,14 @@ def check_precision(trainer: dict) -> None:
 
 
 def check_settings(cfg: TrainConfig) -> None:
-    """Refuse settings that cannot train as meant; see the module docstring."""
+    """Refuse settings that cannot train as meant; see the module docstring. Each setting's own range is checked by
+    the typed config (:func:`sortednet.config.check_ranges`, run when the config is built); what is left here are
+    the rules between settings."""
+    check_ranges(cfg)  # a config built in code, not composed, is checked too
     trainer = cfg.trainer
     check_precision(trainer)
-    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
-    if not _is_int(max_steps) or max_steps == 0 or max_steps < -1:
-        raise SortedNetError(f"trainer.max_steps={max_steps!r} must be a positive step count, or -1 for no limit")
-    if max_epochs is not None and (not _is_int(max_epochs) or max_epochs == 0 or max_epochs < -1):
-        raise SortedNetError(
-            f"trainer.max_epochs={max_epochs!r} must be a positive number of epochs (or -1 with trainer.max_steps=N)"
-        )
-    if max_epochs == -1 and max_steps == -1:
+    if trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1:
         raise SortedNetError("trainer.max_epochs=-1 and trainer.max_steps=-1 never stop; set one of them")
-    devices = trainer.get("devices", 1)
-    if _is_int(devices) or (isinstance(devices, str) and devices.lstrip("-").isdigit()):
-        _at_least("trainer.devices", int(devices), 1)
-    _at_least("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
-    _at_least("data.batch_size", cfg.data.batch_size, 1)
-    _at_least("data.eval_batch_size", cfg.data.eval_batch_size, 1)
-    _at_least("data.max_length", cfg.data.max_length, 2)
-    _at_least("data.num_workers", cfg.data.num_workers, 0)
-    if cfg.data.global_batch_size is not None:
-        _at_least("data.global_batch_size", cfg.data.global_batch_size, 1, " (or null)")
-    _at_least("warmup_steps", cfg.warmup_steps, 0, " (0: no warm-up)")
-    if not 0 <= cfg.min_lr_ratio <= 1:
-        raise SortedNetError(
-            f"min_lr_ratio={cfg.min_lr_ratio} must be in [0, 1] (the cosine's final learning rate as a fraction of "
-            f"the peak); set e.g. min_lr_ratio=0.1"
-        )
-    _at_least("eval.num_generate", cfg.eval.num_generate, 0, " (0 skips the exact-match column)")
-    _at_least("eval.max_new_tokens", cfg.eval.max_new_tokens, 1)
-    _at_least("throughput.window", cfg.throughput.window, 1)
-    if cfg.throughput.peak_tflops is not None and not cfg.throughput.peak_tflops > 0:
-        raise SortedNetError(f"throughput.peak_tflops={cfg.throughput.peak_tflops} must be > 0 (or null)")
-    for key, value in (cfg.optimizer or {}).items():
-        if key in ("lr", "eps") and (not _is_number(value) or not value > 0):
-            raise SortedNetError(f"optimizer.{key}={value!r} must be a number > 0; set e.g. optimizer.{key}=2e-5")
-        if key == "weight_decay" and (not _is_number(value) or value < 0):
-            raise SortedNetError(f"optimizer.weight_decay={value!r} must be a number >= 0")
 
 
 def read_metadata(ckpt: str) -> dict:

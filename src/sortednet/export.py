@@ -192,7 +192,7 @@ def export(cfg: ExportConfig) -> Path:
     if cfg.format not in ("auto", "hf", "gguf"):
         raise SortedNetError(f"unknown format {cfg.format!r}; use hf, gguf or auto")
     if cfg.exit is not None and cfg.exit != "all" and (isinstance(cfg.exit, bool) or not isinstance(cfg.exit, int)):
-        raise SortedNetError(f"exit={cfg.exit!r} is not a layer count; give exit=K (a whole number) or exit=all")
+        raise SortedNetError(f"exit={cfg.exit!r} is not a valid int (a layer count) or all; give e.g. exit=4")
     out = Path(cfg.out).expanduser().absolute()
     if cfg.format == "gguf" or (cfg.format == "auto" and out.suffix == ".gguf"):
         return export_gguf(cfg, out)

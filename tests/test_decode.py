@@ -114,9 +114,9 @@ def test_each_row_of_a_batch_sets_its_own_draft_count(monkeypatch):
     monkeypatch.setattr(decode, "_clock", lambda: 0.0)  # never faster or slower: drafting stays on
     monkeypatch.setattr(decode.LayerStack, "logits", spoiled)
     tokens, stats = generate_batch(net, prompts, mode="speculative", draft_exit=3, max_new_tokens=40)
-    assert stats["plain_steps"] == 2 and stats["plain_tokens"] == 4  # the timed pair of plain steps, both rows
-    # row 1: 3 drafts in its first round, then at most one every other round
-    assert drafts_of[1] <= 3 + (rounds + 1) // 2 < drafts_of[0]
+    assert stats["plain_steps"] == 2 and stats["plain_tokens"] == 4  # the yardstick pair of plain steps, both rows
+    # row 1: one draft in its first round, then at most one every other round
+    assert drafts_of[1] <= 1 + (rounds + 1) // 2 < drafts_of[0]
     monkeypatch.undo()
     assert tokens == [generate(net, p, mode="exit", exit=4, max_new_tokens=40)[0] for p in prompts]
 
@@ -364,3 +364,144 @@ def test_sliding_window_models_decode_as_hugging_face_does(tmp_path, model_type,
     for mode in (dict(mode="exit"), dict(mode="speculative", draft_exit=2),
                  dict(mode="dynamic", exits=[3, 6], thresholds=[1.0])):  # fmt: skip
         assert generate_batch(net, PROMPTS[:3], max_new_tokens=16, **mode)[0] == expected, mode
+
+
+# ---------------------------------------------------------------- never the slower choice
+
+
+def count_heads(monkeypatch) -> list[tuple[int, int]]:
+    """(exit, positions) of every head the decoder computes from now on."""
+    heads = []
+    logits = decode.LayerStack.logits
+    monkeypatch.setattr(decode.LayerStack, "logits",
+                        lambda self, rows, positions, exit_: heads.append((exit_, len(positions)))
+                        or logits(self, rows, positions, exit_))  # fmt: skip
+    return heads
+
+
+def wrong_draft_net() -> SortedLM:
+    """exact_draft_net with exit 3's own head negated: every draft is the full model's least likely token."""
+    net = exact_draft_net()
+    net.add_exit_heads([3])
+    with torch.no_grad():
+        net.exit_heads["3"].weight.neg_()
+    return net
+
+
+def test_drafts_that_never_pass_switch_drafting_off_with_a_doubling_pause(monkeypatch):
+    """Acceptance 0 and a clock that never calls drafting slower: the counts alone end each probe after one
+    round of one draft, and the pauses between probes double (16, 32, 64 plain steps), lossless throughout."""
+    net, prompt = wrong_draft_net(), [3, 14, 15, 9]
+    expected = generate(net, prompt, mode="exit", max_new_tokens=100)[0]
+    monkeypatch.setattr(decode, "_clock", lambda: 0.0)
+    heads = count_heads(monkeypatch)
+    tokens, stats = generate(net, prompt, mode="speculative", draft_exit=3, max_new_tokens=100)
+    assert tokens == expected
+    # token 1 from the prompt; a probe at 2, 16 plain steps, a probe at 19, 32 plain, a probe at 52, 48 plain
+    assert sum(n for exit_, n in heads if exit_ == 3) == stats["drafted"] == 3
+    assert (stats["probes"], stats["accepted"], stats["plain_steps"]) == (3, 0, 96)
+
+
+def test_a_batch_whose_drafts_never_pass_probes_once_per_pause(monkeypatch):
+    net, prompts = wrong_draft_net(), [[3, 14, 15, 9], [7, 2, 40, 11, 5]]
+    monkeypatch.setattr(decode, "_clock", lambda: 0.0)
+    tokens, stats = generate_batch(net, prompts, mode="speculative", draft_exit=3, max_new_tokens=40)
+    assert (stats["drafted"], stats["plain_steps"], stats["plain_tokens"]) == (4, 37, 74)
+    assert stats["probes"] == 2  # one draft per row each time
+    monkeypatch.undo()
+    assert tokens == [generate(net, p, mode="exit", max_new_tokens=40)[0] for p in prompts]
+
+
+def test_decode_all_carries_the_switch_from_batch_to_batch(monkeypatch):
+    """The second prompt starts inside the pause the first one's losing probes set: it drafts nothing."""
+    net, prompts = wrong_draft_net(), [[3, 14, 15, 9], [7, 2, 40, 11, 5]]
+    monkeypatch.setattr(decode, "_clock", lambda: 0.0)
+    outputs, stats = decode.decode_all(net, prompts, 20, None, mode="speculative", draft_exit=3)
+    assert [s["drafted"] for s in stats] == [2, 0] and [s["probes"] for s in stats] == [2, 0]
+    assert outputs == [generate(net, p, mode="exit", max_new_tokens=20)[0] for p in prompts]
+
+
+def test_drafting_that_is_timed_slower_than_plain_steps_stops(monkeypatch):
+    """Every draft passes, but each round takes far longer than a plain step: after its first judgement (with
+    the two yardstick plain steps before it) each stretch is judged slower and ends, lossless throughout."""
+    net, prompt = exact_draft_net(), [3, 14, 15, 9]
+    now = [0.0]
+    round_ = decode._speculative_round
+
+    def slow_round(*args, **kwargs):
+        now[0] += 1000.0
+        return round_(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "_clock", lambda: now[0])
+    monkeypatch.setattr(decode, "_speculative_round", slow_round)
+    tokens, stats = generate(net, prompt, mode="speculative", draft_exit=3, max_new_tokens=60)
+    assert stats["acceptance"] == 1.0
+    # 4 rounds (1..4 drafts: 14 tokens), 2 yardstick steps, 4 rounds (judged slower), 16 plain steps, then the
+    # third probe's 4 rounds end the answer (1 + 14 + 2 + 14 + 16 + 13 = 60)
+    assert (stats["probes"], stats["plain_steps"]) == (3, 18)
+    monkeypatch.undo()
+    assert tokens == generate(net, prompt, mode="exit", max_new_tokens=60)[0]
+
+
+def test_dynamic_never_computes_the_head_of_an_exit_at_one(net, monkeypatch):
+    heads = count_heads(monkeypatch)
+    tokens, stats = generate(net, PROMPT, mode="dynamic", exits=[2, 4, 6], thresholds=[1.0, 1.0], max_new_tokens=20)
+    assert tokens == hf_greedy(net, 6, 20) and stats["exit_per_token"] == [6] * 20
+    assert {exit_ for exit_, _ in heads} == {6} and len(heads) == 20  # plain decoding: one head per token
+    heads.clear()
+    some, _ = generate(net, PROMPT, mode="dynamic", exits=[2, 4, 6], thresholds=[1.0, 0.5], max_new_tokens=20)
+    assert 2 not in {exit_ for exit_, _ in heads}
+    assert some == generate(net, PROMPT, mode="dynamic", exits=[4, 6], thresholds=[0.5], max_new_tokens=20)[0]
+
+
+def confident_net(num_layers: int, vocab_size: int = 545) -> SortedLM:
+    """A random LLaMA (the embedded tokenizer's vocabulary) whose head is sharpened: every exit is confident."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=num_layers, num_attention_heads=4,
+                                      num_key_value_heads=2)).eval()  # fmt: skip
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(200)
+    return SortedLM(lm)
+
+
+def test_unpaying_exits_weighs_skipped_layers_against_the_head():
+    """8 layers of 10,240 matmul weights, heads of 32 x 545 = 17,440: an exit pays when the tokens it takes skip
+    more layer weights than the heads of all the tokens that reach it."""
+    from sortednet.inference.calibrate import unpaying_exits
+
+    net = confident_net(8)
+    every = [[8] + [2] * 10]  # exit 2 takes every token: 6 layers (61,440) saved per head
+    assert unpaying_exits(net, [2, 8], [0.5], every) == []
+    assert unpaying_exits(net, [2, 6, 8], [0.5, 0.5], every) == [6]  # 4 layers to exit 6: 2 pays; 6 takes nothing
+    assert unpaying_exits(net, [2, 7, 8], [1.0, 0.5], [[8] + [7] * 10]) == [7]  # one layer never pays a head
+    assert unpaying_exits(net, [4, 8], [0.5], [[8] + [4, 8] * 6]) == []  # 6 x 40,960 > 12 x 17,440
+    assert unpaying_exits(net, [4, 8], [0.5], [[8] + [4, 8, 8] * 4]) == [4]  # 4 x 40,960 < 12 x 17,440
+
+
+def test_calibration_turns_off_exits_whose_head_never_pays(tokenizer, monkeypatch):
+    """4 layers, exits {3, 4}: exit 3 saves one layer (10,240 weights) per token it takes, less than its head
+    (17,440) even when it takes every token; so calibration turns early exit off, whatever the quality budget,
+    and dynamic decoding with its thresholds computes no head below L."""
+    from sortednet.inference.calibrate import calibrate
+
+    net = confident_net(4)
+    prompts, references = [[5, 17, 99, 3], [8, 40, 2], [300, 12, 77, 91, 6]], ["a", "b", "c"]
+    thresholds, table = calibrate(net, tokenizer, prompts, references, [3, 4], max_drop=1.0, max_new_tokens=8)
+    assert thresholds == [1.0] and table[-1]["threshold"] == 0.5 and table[-1]["mean_exit"] < 4  # exit 3 fired
+    heads = count_heads(monkeypatch)
+    tokens, _ = generate_batch(net, prompts, mode="dynamic", exits=[3, 4], thresholds=thresholds, max_new_tokens=8)
+    assert {exit_ for exit_, _ in heads} == {4}
+    assert tokens == [hf_greedy_alone(net, p, 8) for p in prompts]
+
+
+def test_calibration_keeps_an_exit_that_pays(tokenizer):
+    """8 layers, exits {1, 8}: exit 1 takes most tokens and skips 7 layers each time; it stays."""
+    from sortednet.inference.calibrate import calibrate
+
+    net = confident_net(8)
+    prompts, references = [[5, 17, 99, 3], [8, 40, 2]], ["a", "b"]
+    thresholds, table = calibrate(net, tokenizer, prompts, references, [1, 8], max_drop=1.0, max_new_tokens=8)
+    assert thresholds == [0.5] and table[-1]["exits"] == [1]

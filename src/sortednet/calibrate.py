@@ -2,8 +2,9 @@
 
 Decodes held-out instructions with the full model and with ``mode=dynamic`` at a grid of shared thresholds
 (high to low), and prints the lowest threshold whose exact match is at most ``max_drop`` below the full
-model's. The table of every threshold tried goes to stderr; stdout carries only the chosen
-``thresholds=[...]``, ready to pass to ``sortednet.generate mode=dynamic``.
+model's, with 1.0 (not tried) at every exit whose head costs more than its early exits save (all 1.0 when
+none pays: dynamic decoding is then plain decoding). The table of every setting tried goes to stderr; stdout
+carries only the chosen ``thresholds=[...]``, ready to pass to ``sortednet.generate mode=dynamic``.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def calibrate_cli(cfg: CalibrateConfig) -> None:
     thresholds, table = calibrate(
         net, tokenizer, prompts, [r["output"] for r in rows], meta["exits"], cfg.max_drop, cfg.max_new_tokens
     )
-    print("threshold  exact_match  (full)  = full output  mean exit", file=sys.stderr)
+    print("threshold  exact_match  (full)  = full output  mean exit  exits tried", file=sys.stderr)
     for row in table:
         print(
             f"{row['threshold']:>9}  {row['exact_match']:>11.3f}  {row['full_exact_match']:.3f}  "
-            f"{row['agreement']:>13.3f}  {row['mean_exit']:>9.2f}",
+            f"{row['agreement']:>13.3f}  {row['mean_exit']:>9.2f}  {row['exits']}",
             file=sys.stderr,
         )
     print(f"thresholds=[{','.join(str(t) for t in thresholds)}]")

@@ -9,8 +9,8 @@ each row over its own run of positions:
   position of every row in one batched call — the draft's layer-``<E`` keys and values are the
   verifier's. Rows accept different numbers of drafts; a rejected suffix is cut from that row alone.
   The output is the full model's, token for token (greedy and sampled alike, see *Sampling*). The
-  draft length adapts to acceptance, and drafting switches itself off while it does not pay (measured
-  time per committed token against plain decoding), probing again later.
+  draft length adapts to acceptance, and a :class:`DraftSwitch` falls back to plain decoding while
+  drafting does not pay (see *The switch*).
 - ``dynamic``: per token, exits are tried shallow to deep; the first whose top-1 probability reaches
   its threshold emits the token, so rows of a batch stop at different depths in the same step. Keys and
   values of layers a token skipped are filled *lazily and exactly*: when a later token of the same row
@@ -18,7 +18,29 @@ each row over its own run of positions:
   missing layers in the same call as the new token. Why this policy: later tokens attend to exactly the
   keys and values the full model would have made, so there is no drift to calibrate against (state
   copying, as in CALM, makes approximate KVs), and the catch-up rides along in a call that runs anyway.
-  With every threshold at 1.0 no early exit is taken and the output is the full model's.
+  An exit whose threshold is 1.0 is not tried at all (no head computed there); with every threshold at
+  1.0 the decode is plain decoding at L, the full model's output at plain decoding's cost.
+  :func:`sortednet.inference.calibrate.calibrate` sets 1.0 for every exit whose head costs more than its
+  early exits save.
+
+*The switch* (speculative). Drafting pays only where enough drafts pass; at acceptance near 0 (untrained
+exits) each draft is a pass through layers ``< E`` plus a head, wasted. So drafting runs in stretches
+that are judged, and plain decoding (timed: the yardstick) runs in between:
+
+- a stretch starts with one draft per row (the cheapest probe) and the draft counts adapt from there;
+- a stretch whose first round drafted and accepted nothing ends there — decided by counts alone, so at
+  acceptance 0 it costs exactly one round of one draft per row, whatever the clock says;
+- every :attr:`DraftSwitch.JUDGED_AFTER` rounds the stretch's seconds per committed token are compared
+  with plain decoding's (a moving average); slower, or nothing accepted, ends it; else it goes on;
+- after a stretch ends, plain decoding runs for a pause that starts at :attr:`DraftSwitch.BASE_PAUSE`
+  steps and doubles with every further losing stretch (up to :attr:`DraftSwitch.MAX_PAUSE`), so the
+  probes' cost is bounded: about log2(steps / BASE_PAUSE) probes, never a share of the steps; a winning
+  judgement resets the pause;
+- the first judgement with no plain timing yet is preceded by :attr:`DraftSwitch.YARDSTICK_STEPS` plain
+  steps that measure it.
+
+One switch can serve several calls (:func:`decode_all` shares one over its batches), so a short answer
+does not pay a fresh probe: what earlier calls learnt carries over. docs/decoding.md has the arithmetic.
 
 *Ragged batches.* Every row keeps its own positions: the cache of layer l is ``[rows, kv heads, slots,
 head dim]`` where slot p holds position p of that row (no left padding, no position shift), and layer l
@@ -308,7 +330,7 @@ class _Row:
     noise: _Noise | None
     tokens: list[int] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)  # dynamic: the depth each token came from
-    next_drafts: int = 3  # speculative: how many tokens it drafts in its next round (0: a plain step)
+    next_drafts: int = 1  # speculative: how many tokens it drafts in its next round (0: a plain step)
 
     @property
     def pending(self) -> int:
@@ -433,55 +455,118 @@ def _speculative_round(
     return _leave(stack, rows, out), drafted, accepted
 
 
+class DraftSwitch:
+    """Whether a speculative decode's next step drafts or runs plainly: the rules of the module's *The switch*.
+
+    Which path runs never changes the text (both commit the full model's token at every position), only the
+    time it takes.
+    """
+
+    JUDGED_AFTER = 4  # rounds between judgements of a stretch: one round's time is too noisy to judge on
+    YARDSTICK_STEPS = 2  # timed plain steps before the first judgement, when no plain timing exists yet
+    BASE_PAUSE = 16  # plain steps after a stretch that lost ...
+    MAX_PAUSE = 512  # ... doubled per further loss up to this: re-probing then costs < 1% at acceptance 0
+
+    def __init__(self):
+        self.plain_seconds: float | None = None  # per committed token of plain steps, a moving average
+        self.pause = 0  # plain steps left before drafting again
+        self.next_pause = self.BASE_PAUSE
+        self.fresh = True  # the next round starts a stretch (nothing drafted since the last plain step)
+        self.probes = 0  # stretches started
+        self._restart()
+
+    def _restart(self) -> None:
+        """A fresh judgement window: seconds, tokens, rounds, drafted and accepted since it began."""
+        self.seconds, self.tokens, self.rounds, self.drafted, self.accepted = 0.0, 0, 0, 0, 0
+
+    @property
+    def drafting(self) -> bool:
+        return self.pause == 0
+
+    @property
+    def probing(self) -> bool:
+        """The next round starts a stretch: one draft per row."""
+        return self.drafting and self.fresh
+
+    def plain_step(self, seconds: float, tokens: int) -> None:
+        per_token = seconds / max(tokens, 1)
+        self.plain_seconds = per_token if self.plain_seconds is None else 0.7 * self.plain_seconds + 0.3 * per_token
+        self.pause -= 1
+        self.fresh = True
+
+    def round(self, seconds: float, tokens: int, drafted: int, accepted: int) -> None:
+        """Record a speculative round and judge the stretch."""
+        first, self.fresh = self.fresh, False
+        self.probes += first
+        self.seconds, self.tokens, self.rounds = self.seconds + seconds, self.tokens + tokens, self.rounds + 1
+        self.drafted, self.accepted = self.drafted + drafted, self.accepted + accepted
+        if first and drafted and not accepted:
+            self._lose()  # one token per row for more work than a plain step: no clock needed to see it lost
+        elif self.rounds >= self.JUDGED_AFTER:
+            if self.plain_seconds is None:
+                self.pause = self.YARDSTICK_STEPS  # measure plain decoding, then judge a fresh window
+                self._restart()
+            elif not self.accepted or self.seconds / max(self.tokens, 1) > self.plain_seconds:
+                self._lose()
+            else:
+                self.next_pause = self.BASE_PAUSE
+                self._restart()
+
+    def _lose(self) -> None:
+        self.pause, self.next_pause = self.next_pause, min(2 * self.next_pause, self.MAX_PAUSE)
+        self._restart()
+
+
 def _speculative_decode(
-    stack: LayerStack, rows: list[_Row], draft_exit: int, sampler: Sampler, out: _Emitter, max_draft: int = 8
+    stack: LayerStack,
+    rows: list[_Row],
+    draft_exit: int,
+    sampler: Sampler,
+    out: _Emitter,
+    max_draft: int,
+    switch: DraftSwitch,
 ) -> dict:
     full = stack.net.num_layers
     rows = _first_tokens(stack, rows, full, sampler, out)
-    drafted, accepted, plain_steps, plain_tokens = 0, 0, 0, 0
-    # Seconds per committed token, plain vs speculative (moving averages); drafting pauses while it loses.
-    # The text does not depend on these timings: both paths emit the full model's token at every position.
-    cost = {"plain": None, "spec": None}
-    pause, probe_every, rounds = 0, 16, 0
+    drafted, accepted, plain_steps, plain_tokens, probes = 0, 0, 0, 0, switch.probes
     while rows:
         began, before = _clock(), sum(len(row.tokens) for row in rows)
-        if pause > 0:  # plain decoding, timed so the choice stays informed
+        if not switch.drafting:  # plain decoding, timed: the yardstick drafting is judged against
             committed = len(rows)
             rows = _plain_step(stack, rows, full, sampler, out)
-            pause, plain_steps, plain_tokens = pause - 1, plain_steps + 1, plain_tokens + committed
-            _update(cost, "plain", _clock() - began, committed)
+            plain_steps, plain_tokens = plain_steps + 1, plain_tokens + committed
+            switch.plain_step(_clock() - began, committed)
             continue
+        if switch.probing:
+            for row in rows:
+                row.next_drafts = 1
         running = rows
         rows, n_drafted, n_accepted = _speculative_round(stack, rows, draft_exit, max_draft, sampler, out)
         drafted, accepted = drafted + n_drafted, accepted + n_accepted
-        _update(cost, "spec", _clock() - began, sum(len(row.tokens) for row in running) - before)
-        rounds += 1
-        if cost["plain"] is None:
-            pause = 2 if rounds == 2 else 0  # time plain decoding itself once drafting has warmed up
-        elif cost["spec"] > cost["plain"]:
-            pause = probe_every
+        committed = sum(len(row.tokens) for row in running) - before
+        switch.round(_clock() - began, committed, n_drafted, n_accepted)
     return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / max(drafted, 1),
-            "plain_steps": plain_steps, "plain_tokens": plain_tokens}  # fmt: skip
-
-
-def _update(cost: dict, key: str, seconds: float, tokens: int, decay: float = 0.7) -> None:
-    per_token = seconds / max(tokens, 1)
-    cost[key] = per_token if cost[key] is None else decay * cost[key] + (1 - decay) * per_token
+            "plain_steps": plain_steps, "plain_tokens": plain_tokens, "probes": switch.probes - probes}  # fmt: skip
 
 
 def _dynamic_decode(
     stack: LayerStack, rows: list[_Row], exits: list[int], thresholds: list[float], sampler: Sampler, out: _Emitter
 ) -> dict:
     full = stack.net.num_layers
+    all_rows = rows
+    # An exit at 1.0 can never emit: trying it would only pay its head (and split the layer calls around it).
+    tried = [(e, t) for e, t in zip(exits, thresholds, strict=False) if t < 1.0]
+    if not tried:  # early exit is off: plain decoding, every token from L
+        _exit_decode(stack, rows, full, sampler, out)
+        return {"mean_exit": full, "exit_per_token": [[full] * len(row.tokens) for row in all_rows]}
     for row in rows:
         row.exits.append(full)  # the first token comes from the prompt's pass through every layer
-    all_rows = rows
     rows = _first_tokens(stack, rows, full, sampler, out)
     while rows:
         positions = [row.pending for row in rows]
         stack.put(range(len(rows)), positions, [row.tokens[-1] for row in rows])
         going, layer, tokens = list(range(len(rows))), 0, [0] * len(rows)
-        for e, threshold in zip(exits, [*thresholds, None], strict=True):
+        for e, threshold in [*tried, (full, None)]:
             index = torch.tensor(going, device=stack.device)
             # Positions a row skipped at these layers join its new token's run (they sit at their depth).
             stack.advance(index, torch.tensor([positions[i] + 1 for i in going], device=stack.device), layer, e)
@@ -489,8 +574,6 @@ def _dynamic_decode(
             logits = stack.logits(going, [positions[i] for i in going], e)
             if threshold is None:
                 sure = [True] * len(going)
-            elif threshold >= 1.0:
-                continue
             else:
                 sure = (torch.softmax(logits, -1).amax(-1) >= threshold).tolist()
             chosen = [i for i, s in zip(going, sure, strict=True) if s]
@@ -528,15 +611,19 @@ def generate_batch(
     seed: int | Sequence[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     max_draft: int = 8,
+    draft_switch: DraftSwitch | None = None,
 ) -> tuple[list[list[int]], dict]:
     """New tokens after each prompt, decoded together, and the batch's stats (tokens, seconds, tokens_per_s,
     layer_evals_per_token; drafted, accepted, acceptance, plain_steps and plain_tokens (decoded while drafting
-    was switched off) for speculative; mean_exit and exit_per_token per prompt for dynamic).
+    was switched off) and probes (stretches of drafting begun) for speculative; mean_exit and exit_per_token
+    per prompt for dynamic).
 
-    ``exits`` (dynamic) are the exits tried, shallow to deep, ending at L; ``thresholds`` has one value
-    in (0, 1] per exit below L (1.0 never exits there). ``seed`` is one seed for every row or one per
-    row; a row's text depends on its prompt and seed only. ``on_token(prompt index, token)`` is called
-    for every token as it is committed.
+    ``exits`` (dynamic) are the exits, shallow to deep, ending at L; ``thresholds`` has one value in (0, 1]
+    per exit below L: a token exits at the first exit whose top-1 probability reaches its threshold, and an
+    exit at 1.0 is not tried at all (all at 1.0: plain decoding). ``draft_switch`` (speculative) carries what
+    earlier calls learnt about whether drafting pays (see the module's *The switch*); ``None``: a fresh one.
+    ``seed`` is one seed for every row or one per row; a row's text depends on its prompt and seed only.
+    ``on_token(prompt index, token)`` is called for every token as it is committed.
     """
     L = net.num_layers
     if not prompts:
@@ -583,7 +670,8 @@ def generate_batch(
         if mode == "exit":
             stats = _exit_decode(stack, rows, exit_, sampler, out)
         elif mode == "speculative":
-            stats = _speculative_decode(stack, rows, draft_exit, sampler, out, max_draft)
+            switch = DraftSwitch() if draft_switch is None else draft_switch
+            stats = _speculative_decode(stack, rows, draft_exit, sampler, out, max_draft, switch)
         else:
             stats = _dynamic_decode(stack, rows, exits, thresholds, sampler, out)
     seconds = time.perf_counter() - start
@@ -614,8 +702,13 @@ def generate(
 def decode_all(
     net: SortedLM, prompts: Sequence[list[int]], max_new_tokens: int, eos: int | None, batch_size: int = 1, **mode
 ) -> tuple[list[list[int]], list[dict]]:
-    """Outputs per prompt and stats per batch of one decoding mode over ``prompts``, ``batch_size`` at a time."""
+    """Outputs per prompt and stats per batch of one decoding mode over ``prompts``, ``batch_size`` at a time.
+
+    Speculative batches share one :class:`DraftSwitch`: a batch starts where the previous one left the
+    switch, so when drafting does not pay, short answers do not each pay a probe of their own."""
     outputs, stats = [], []
+    if mode.get("mode") == "speculative":
+        mode.setdefault("draft_switch", DraftSwitch())
     for start in range(0, len(prompts), batch_size):
         tokens, s = generate_batch(
             net, prompts[start : start + batch_size], max_new_tokens=max_new_tokens, eos_token_id=eos, **mode

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CHATML, chat_tokenizer, save_checkpoint
+from conftest import CHATML, chat_tokenizer, one_line, one_line_error, run_main, save_checkpoint
 from sortednet.hub import load_causal_lm, load_tokenizer
 from sortednet.inference.load import load_sorted
 
@@ -73,9 +73,7 @@ def export(capsys, *args: str) -> tuple[int, str, str]:
     """The export command's exit status, stdout and stderr, run in this process through its ``main``."""
     from sortednet.export import main
 
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, args, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -170,34 +168,27 @@ def test_a_model_that_came_in_as_gguf_goes_out_as_gguf_with_its_tokenizer_record
 # ---------------------------------------------------------------- bad input: one line, nothing written
 
 
-def one_line_failure(code: int, err: str) -> str:
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def test_an_exit_out_of_range_is_one_line(ckpt, tmp_path, capsys):
     out = tmp_path / "x.gguf"
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=5", f"out={out}")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=5", f"out={out}")[::2])
     assert "exit=5 is outside [1, 4]" in line and not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_an_existing_out_is_never_overwritten(ckpt, tmp_path, capsys):
     out = tmp_path / "x.gguf"
     out.write_text("mine")
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={out}")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={out}")[::2])
     assert "already exists" in line and out.read_text() == "mine"
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "keep").write_text("mine")
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=all", "format=gguf", f"out={tmp_path / 'dir'}")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=all", "format=gguf", f"out={tmp_path / 'dir'}")[::2])
     assert "non-empty directory" in line and [p.name for p in (tmp_path / "dir").iterdir()] == ["keep"]
 
 
 def test_q8_0_at_a_width_that_is_not_a_multiple_of_32_is_one_line(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "narrow", hidden=48)
     out = tmp_path / "q.gguf"
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={out}", "dtype=q8_0")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={out}", "dtype=q8_0")[::2])
     assert "multiple of 32" in line and "hidden_size=48" in line and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["narrow"]  # no temporary file left beside out
 
@@ -205,14 +196,14 @@ def test_q8_0_at_a_width_that_is_not_a_multiple_of_32_is_one_line(tmp_path, caps
 def test_an_unsupported_architecture_is_one_line(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "qwen", model_type="qwen2")
     out = tmp_path / "q.gguf"
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={out}")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={out}")[::2])
     assert "LLaMA architecture only" in line and "'qwen2'" in line and not out.exists()
 
 
 def test_q8_0_for_a_directory_and_exit_all_without_gguf_are_one_line(ckpt, tmp_path, capsys):
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={tmp_path / 'd'}", "dtype=q8_0")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=2", f"out={tmp_path / 'd'}", "dtype=q8_0")[::2])
     assert "q8_0 is a GGUF type" in line
-    line = one_line_failure(*export(capsys, f"ckpt={ckpt}", "exit=all", f"out={tmp_path / 'd'}")[::2])
+    line = one_line_error(*export(capsys, f"ckpt={ckpt}", "exit=all", f"out={tmp_path / 'd'}")[::2])
     assert "format=gguf" in line and not (tmp_path / "d").exists()
 
 
@@ -225,7 +216,7 @@ def test_the_llamacpp_extra_missing_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra imports
     with pytest.raises(SortedNetError) as error:
         require_llama_cpp()
-    assert "\n" not in str(error.value) and "sortednet[llamacpp]" in str(error.value)
+    assert "sortednet[llamacpp]" in one_line(error)
 
 
 # ---------------------------------------------------------------- llama.cpp itself

@@ -93,6 +93,10 @@ TRAIN = [
     (["exits=[4,2,8]"], "not sorted"),
     (["exits=[2,4]"], "do not contain the last layer 8"),
     (["objective=ict"], "objective.init_from"),
+    (["loss=distill", "objective=sft"], "loss.distill teaches the exits of one shared head"),
+    (["loss=distill", "exits=[2,8]", "objective=extracted"], "loss.distill teaches the exits of one shared head"),
+    (["loss=distill", "exits=[8]"], "loss.distill teaches the exits below the deepest"),
+    (["loss.distill=1.5"], "loss.distill=1.5"),
     (["data.max_length=8"], "raise data.max_length"),
     (["strategy=fsdp"], "strategy=fsdp shards the model"),
     ([f"hydra.run.dir={READ_ONLY}"], "cannot create hydra.run.dir"),
@@ -185,3 +189,14 @@ def test_a_damaged_checkpoint_is_refused_by_every_reader(files):
         with pytest.raises(SortedNetError, match="not a readable checkpoint"):
             read_metadata(str(files[name]))
     assert read_metadata(str(files["ckpt"]))["exits"] == [2, 4, 6, 8]
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_one_line(tmp_path, files, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cpu._is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr("torch.cpu._is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    run_dir = tmp_path / "run"
+    argv = [f"hydra.run.dir={run_dir}", f"data.path={files['data']}", "logger=csv", "trainer.precision=bf16-mixed"]
+    code, err = train_in_process(argv, capsys)
+    one_line_error(code, err, "use trainer.precision=32-true", alone=False)
+    assert not run_dir.exists() or not any(run_dir.iterdir())

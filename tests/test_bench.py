@@ -57,14 +57,33 @@ def test_bench_train_prints_a_table(tmp_path):
     # Each row runs in its own process (for its peak memory): run_process kills the whole group on a timeout.
     process = run_process(
         [sys.executable, "-m", "sortednet.bench", "train", "shapes=[tiny]", "exits=[1,4]", "batch=2", "seq=32",
-         "steps=2", "warmup=1", "peak_tflops=1"], tmp_path,
+         "steps=1", "warmup=1", "peak_tflops=1", "repeats=2", "precision=[32-true,bf16-mixed]",
+         "impls=[sft,soft,sampled,rotational]"], tmp_path,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     out = process.stdout
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| tiny")]
-    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
-        ("sft", "1"), ("soft", "1"), ("soft-naive", "1"), ("soft", "4"), ("soft-naive", "4"),
-    ]  # fmt: skip
-    ideal = {(r[1].strip(), r[2].strip()): float(r[7]) for r in rows}
-    assert ideal[("sft", "1")] == ideal[("soft", "1")] == 1.0 and ideal[("soft", "4")] > 1.0
-    assert "MFU" in out and "peak MB" in out
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| tiny")]
+    expected = [("sft", "1", "1"), ("soft", "1", "1"), ("soft", "4", "4"), ("sampled", "4", "2")]
+    expected.append(("rotational", "4", "2"))
+    assert [(r[2], r[3], r[4]) for r in rows] == expected * 2
+    assert [r[1] for r in rows] == ["32-true"] * 5 + ["bf16-mixed"] * 5
+    ideal = {(r[1], r[2], r[3]): float(r[10]) for r in rows}
+    assert ideal[("32-true", "sft", "1")] == ideal[("32-true", "soft", "1")] == 1.0
+    assert ideal[("bf16-mixed", "soft", "4")] > ideal[("bf16-mixed", "sampled", "4")] > 1.0
+    assert ideal[("bf16-mixed", "sampled", "4")] == ideal[("bf16-mixed", "rotational", "4")]
+    # the speed column is relative to the fp32 step over every exit: 1.00 on that row itself
+    assert next(r for r in rows if r[1:4] == ["32-true", "soft", "4"])[12] == "1.00"
+    assert "MFU" in out and "peak MB" in out and "medians of 2 interleaved repeat(s)" in out
+
+
+def test_bench_train_bad_shape_impl_or_precision_is_one_line(capsys):
+    from conftest import one_line_error
+    from sortednet import bench
+
+    for argv, words in [
+        (["shapes=[llama-70b]"], ("shapes=['llama-70b']", "smollm2")),
+        (["impls=[distill]"], ("impls=['distill']", "rotational")),
+        (["precision=[fp8]"], ("precision=['fp8']", "bf16-mixed")),
+        (["repeats=0"], ("repeats=0",)),
+    ]:
+        one_line_error(bench.main(["train", *argv]), capsys.readouterr().err, *words)

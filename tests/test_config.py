@@ -15,6 +15,8 @@ from sortednet.hub import causal_lm_from_config
 from sortednet.train import build_module  # also registers the schema
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PAPER_EXPERIMENTS = [name for name in EXPERIMENTS if not name.startswith("smollm2")]
+SMOLLM2_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith("smollm2")]
 # Parameter counts of the released checkpoints (Llama 2 paper / model cards: 6.74B and 13.0B).
 PARAMS = {"meta-llama/Llama-2-13b-hf": 13_015_864_320, "meta-llama/Llama-2-7b-hf": 6_738_415_616}
 
@@ -23,7 +25,7 @@ def test_the_paper_experiments_exist():
     assert {"soft_13b", "sft_13b", "ict_13b", "soft_7b"} <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
     cfg = compose_train(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
     assert cfg.seed == 42 and cfg.optimizer["lr"] == 2e-5 and cfg.trainer["precision"] == "bf16-mixed"
@@ -48,6 +50,26 @@ def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
     AlpacaDataModule(cfg.data, tokenizer, "/tmp/unused")
     # every trainer key is Lightning's, but for sortednet's own `compile` (taken out before the Trainer is built)
     assert set(cfg.trainer) - {"compile"} <= set(inspect.signature(L.Trainer).parameters)
+
+
+@pytest.mark.parametrize("name", SMOLLM2_EXPERIMENTS)
+def test_smollm2_experiment_composes_and_instantiates_on_meta(name):
+    """The real-model recipe's runs (docs/smollm2_recipe.md): SmolLM2-135M's shape, the paper's relative exit set."""
+    cfg = compose_train(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
+    assert cfg.model.name_or_path.endswith("/smollm2/hf") and cfg.data.path.endswith("/smollm2/data/train.json")
+    assert cfg.seed == 42 and cfg.optimizer["lr"] == 1e-4 and cfg.data.prompt_style == "chat"
+    module = build_module(cfg)
+    module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
+    if name == "smollm2_extracted":
+        assert module.eval_exits == module.train_exits == [18] and module.net.num_layers == 18
+        return
+    assert sum(p.numel() for p in module.net.lm.parameters()) == 134_515_008  # SmolLM2-135M-Instruct
+    assert module.eval_exits == [9, 12, 15, 18, 21, 24, 27, 30]
+    expected = {"smollm2_sft": [30], "smollm2_ict": module.eval_exits[:-1]}.get(name, module.eval_exits)
+    assert module.train_exits == expected
+    long = name == "smollm2_long"
+    assert cfg.trainer["max_steps"] == (600 if long else 40)  # the epoch: 4,752 rows / 8
+    assert cfg.trainer["precision"] == ("bf16-mixed" if long else "32-true")
 
 
 def test_default_config_is_the_embedded_soft_run():

@@ -35,12 +35,19 @@ SHAPES = {
     # The same body with a small vocabulary: body-to-head FLOPs ~ 50, as in Llama-2-7B.
     "body-heavy": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
                        num_key_value_heads=8, vocab_size=2048),
+    # SmolLM2-135M's shape (random weights): the real model of the SmolLM2 recipe, head 28M vs body 106M MACs/token.
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
     # For tests: seconds, not minutes.
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=8, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=1000),
 }  # fmt: skip
-IMPLS = ("sft", "soft", "soft-naive")
-DTYPES = ("float32", "bfloat16")
+# The step's loss: the last exit; all k exits (the paper); 2 of the k a step, drawn or rotating (loss=sampled,
+# loss=rotational); all k through full logits (the usual early-exit recipe, the reference).
+IMPLS = ("sft", "soft", "sampled", "rotational", "soft-naive")
+# Lightning's names: fp32; bf16 autocast over fp32 weights; bf16 weights.
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
+OPTIMIZERS = ("adamw", "none")
 
 
 @dataclass
@@ -49,21 +56,35 @@ class BenchTrainConfig:
     recipe.
 
     Every row runs in a fresh subprocess (so its peak memory is its own), builds a randomly initialised LLaMA of
-    the given shape, and times forward + backward of one step (no optimizer) over a fixed batch whose first half
-    of every row is prompt (masked) and second half response.
+    the given shape, and times training steps (forward, backward and the optimizer) over a fixed batch whose first
+    half of every row is prompt (masked) and second half response. With ``repeats`` > 1 every row runs that many
+    times, the rows interleaved (all rows once, then all again, in reverse order), and each column is the median
+    over the repeats of that repeat's figure, so one noisy moment of the machine cannot move a ratio.
 
-    Implementations:
+    Implementations (``impls``):
     - ``sft``: the last exit only, head at label positions (``sortednet.loss``);
-    - ``soft``: ``sortednet.loss`` over k exits;
+    - ``soft``: ``sortednet.loss`` over k exits (the paper's SoFT);
+    - ``sampled`` / ``rotational``: 2 of the k exits a step, the deepest always in (``loss=sampled`` and
+      ``loss=rotational``; rows for k >= 3 only);
     - ``soft-naive``: full ``[batch, seq, vocab]`` logits per exit, then cross-entropy, averaged — the way
       most early-exit recipes do it, kept here as the reference.
     """
 
     shapes: list[str] = field(default_factory=lambda: ["llama-32k", "body-heavy"])
     """Model shapes to time: llama-32k (width 512, 8 layers, 32,000-token vocabulary: head-heavy, like small
-    LLaMAs) | body-heavy (the same body, a 2,048-token vocabulary) | tiny (seconds, for tests)."""
+    LLaMAs) | body-heavy (the same body, a 2,048-token vocabulary) | smollm2 (SmolLM2-135M: 30 layers, width 576,
+    9/3 heads, 49,152-token vocabulary, tied embeddings) | tiny (seconds, for tests)."""
     exits: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     """Exit-set sizes k: SoFT over k exits spread evenly over the depth, the last one included."""
+    impls: list[str] = field(default_factory=lambda: ["sft", "soft", "sampled", "rotational", "soft-naive"])
+    """The losses timed: sft | soft | sampled | rotational | soft-naive (see above)."""
+    precision: list[str] = field(default_factory=lambda: ["32-true"])
+    """Lightning's precision names, one table block each: 32-true | bf16-mixed (autocast over fp32 weights, what
+    ``trainer.precision=bf16-mixed`` trains with) | bf16-true (bf16 weights)."""
+    optimizer: str = "adamw"
+    """adamw: each timed step includes AdamW's update (a training step); none: forward + backward only."""
+    repeats: int = 1
+    """How many times every row runs, interleaved with the others; the table shows medians over the repeats."""
     batch: int = 4
     """Rows per step."""
     seq: int = 256
@@ -74,8 +95,6 @@ class BenchTrainConfig:
     """Untimed steps before them."""
     device: str = "auto"
     """auto (cuda when available) | cpu | cuda | cuda:N."""
-    dtype: str = "float32"
-    """The weights' dtype: float32 | bfloat16."""
     peak_tflops: float | None = None
     """The device's peak TFLOP/s, for the MFU column; null: no MFU."""
 
@@ -116,18 +135,26 @@ def spread_exits(num_layers: int, k: int) -> list[int]:
     return sorted({round(num_layers * (i + 1) / k) for i in range(k)})
 
 
-def _step_fn(impl: str, lm, exits: list[int], ids, labels):
+def _loss_fn(impl: str, lm, exits: list[int], ids, labels):
+    """The loss of step ``step`` for ``impl`` over the exit set ``exits``."""
+    from sortednet.config import LossConfig
     from sortednet.loss import label_positions, multi_exit_loss
     from sortednet.model import SortedLM
+    from sortednet.schedule import ExitSchedule
 
     net = SortedLM(lm)
     positions, targets = label_positions(labels)
+    sample = 2 if impl in ("sampled", "rotational") else None
+    schedule = ExitSchedule(
+        exits, LossConfig(sample=sample, curriculum="rotational" if impl == "rotational" else "none")
+    )
 
-    def ours():
-        rows = net.exit_hidden_states(ids, None, exits, positions)
-        return multi_exit_loss(rows, {e: net.lm_head for e in exits}, targets)[0]
+    def ours(step: int):
+        active = schedule.active(step)
+        rows = net.exit_hidden_states(ids, None, active, positions)
+        return multi_exit_loss(rows, {e: net.lm_head for e in active}, targets)[0]
 
-    def naive():
+    def naive(step: int):
         out = lm.model(input_ids=ids, output_hidden_states=True)
         losses = []
         for e in exits:
@@ -139,33 +166,44 @@ def _step_fn(impl: str, lm, exits: list[int], ids, labels):
     return naive if impl == "soft-naive" else ours
 
 
-def run_row(shape: str, impl: str, k: int, batch: int, seq: int, steps: int, warmup: int, device: str, dtype: str):
+def exits_per_step(impl: str, k: int) -> int:
+    return 1 if impl == "sft" else 2 if impl in ("sampled", "rotational") else k
+
+
+def run_row(shape: str, impl: str, k: int, batch: int, seq: int, steps: int, warmup: int, device: str,
+            precision: str, optimizer: str) -> dict:  # fmt: skip
     """Time one configuration in this process; returns its measurements."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=seq)
-    lm = LlamaForCausalLM(config).to(device=device, dtype=getattr(torch, dtype))
+    weights = torch.bfloat16 if precision == "bf16-true" else torch.float32
+    lm = LlamaForCausalLM(config).to(device=device, dtype=weights)
     exits = [config.num_hidden_layers] if impl == "sft" else spread_exits(config.num_hidden_layers, k)
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
     labels = ids.clone()
     labels[:, : seq // 2] = -100
-    step = _step_fn(impl, lm, exits, ids, labels)
+    loss_of = _loss_fn(impl, lm, exits, ids, labels)
+    adamw = torch.optim.AdamW(lm.parameters(), lr=1e-5) if optimizer == "adamw" else None
     cuda = device.startswith("cuda")
     times = []
     for i in range(warmup + steps):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        step().backward()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = loss_of(i)
+        loss.backward()
+        if adamw is not None:
+            adamw.step()
+        lm.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
-        lm.zero_grad(set_to_none=True)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     n_labels = count_labels(labels)
-    flops = train_step_flops(config, len(exits), batch * seq, n_labels, seq)
+    flops = train_step_flops(config, exits_per_step(impl, k), batch * seq, n_labels, seq)
     return {"median_s": statistics.median(times), "peak_bytes": peak, "flops": flops, "exits": exits}
 
 
@@ -182,14 +220,17 @@ def resolve_device(name: str) -> str:
 
 
 def check_train(cfg: BenchTrainConfig) -> None:
-    unknown = [s for s in cfg.shapes if s not in SHAPES]
-    if unknown or not cfg.shapes:
-        raise SortedNetError(f"shapes={cfg.shapes}: pick from {', '.join(sorted(SHAPES))}, e.g. shapes=[tiny]")
+    for key, given, known in (("shapes", cfg.shapes, SHAPES), ("impls", cfg.impls, IMPLS),
+                              ("precision", cfg.precision, PRECISIONS)):  # fmt: skip
+        unknown = [v for v in given if v not in known]
+        if unknown or not given:
+            first = next(iter(known))
+            raise SortedNetError(f"{key}={given}: pick from {', '.join(known)}, e.g. {key}=[{first}]")
     if not cfg.exits or any(k < 1 for k in cfg.exits):
         raise SortedNetError(f"exits={cfg.exits} takes exit-set sizes >= 1, e.g. exits=[1,4]")
-    if cfg.dtype not in DTYPES:
-        raise SortedNetError(f"unknown dtype={cfg.dtype!r}; use {' or '.join(DTYPES)}")
-    for key in ("batch", "seq", "steps"):
+    if cfg.optimizer not in OPTIMIZERS:
+        raise SortedNetError(f"unknown optimizer={cfg.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
+    for key in ("batch", "seq", "steps", "repeats"):
         if getattr(cfg, key) < 1:
             raise SortedNetError(f"{key}={getattr(cfg, key)} must be at least 1")
     if cfg.warmup < 0:
@@ -205,42 +246,77 @@ def check_generate(cfg: BenchGenerateConfig) -> None:
         raise SortedNetError(f"batch_size={cfg.batch_size} takes batch sizes >= 1, e.g. batch_size=[1,4,16]")
 
 
-def bench_train(args: BenchTrainConfig) -> list[dict]:
+def _train_rows(args: BenchTrainConfig) -> list[dict]:
+    """The table's rows, before measuring: SFT once per shape and precision, then each loss at each k."""
     rows = []
     for shape in args.shapes:
-        settings = dict(
-            shape=shape, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
-            device=resolve_device(args.device), dtype=args.dtype,
-        )  # fmt: skip
-        sft = _row_in_subprocess(impl="sft", k=1, **settings)
-        rows.append({"shape": shape, "impl": "sft", "k": 1, **sft})
-        for k in args.exits:
-            for impl in ("soft", "soft-naive"):
-                result = _row_in_subprocess(impl=impl, k=k, **settings)
-                rows.append({"shape": shape, "impl": impl, "k": k, **result})
-        for row in rows:
-            if row["shape"] == shape:
-                row["time_ratio"] = row["median_s"] / sft["median_s"]
-                row["ideal_ratio"] = row["flops"] / sft["flops"]
-                row["mem_above_sft_mb"] = (row["peak_bytes"] - sft["peak_bytes"]) / 2**20
-                row["tflops_per_s"] = row["flops"] / row["median_s"] / 1e12
-                tokens = args.batch * args.seq
-                row["tokens_per_s"] = tokens / row["median_s"]
-                if args.peak_tflops:
-                    row["mfu"] = row["tflops_per_s"] / args.peak_tflops
+        for precision in args.precision:
+            if "sft" in args.impls:
+                rows.append({"shape": shape, "precision": precision, "impl": "sft", "k": 1})
+            for k in args.exits:
+                for impl in args.impls:
+                    if impl == "sft" or (impl in ("sampled", "rotational") and k < 3):
+                        continue  # 2 exits of 1 or 2 is soft itself
+                    rows.append({"shape": shape, "precision": precision, "impl": impl, "k": k})
+    return rows
+
+
+def _index(rows: list[dict], shape: str, impl: str, precision: str, k: int | None = None) -> int | None:
+    for i, r in enumerate(rows):
+        if (r["shape"], r["impl"], r["precision"]) == (shape, impl, precision) and k in (None, r["k"]):
+            return i
+    return None
+
+
+def bench_train(args: BenchTrainConfig) -> list[dict]:
+    """Measure every row ``repeats`` times, interleaved (odd repeats in reverse order); each column is the median
+    over repeats, and ratios are taken within a repeat first."""
+    rows = _train_rows(args)
+    settings = dict(batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
+                    device=resolve_device(args.device), optimizer=args.optimizer)  # fmt: skip
+    runs: list[list[dict]] = [[] for _ in rows]
+    for repeat in range(args.repeats):
+        for i in range(len(rows)) if repeat % 2 == 0 else reversed(range(len(rows))):
+            r = rows[i]
+            runs[i].append(
+                _row_in_subprocess(shape=r["shape"], impl=r["impl"], k=r["k"], precision=r["precision"], **settings)
+            )
+    reference_k = max(args.exits)
+    for i, r in enumerate(rows):
+        times = [run["median_s"] for run in runs[i]]
+        r.update(runs[i][0], median_s=statistics.median(times))
+        r["peak_bytes"] = statistics.median(run["peak_bytes"] for run in runs[i])
+        sft = _index(rows, r["shape"], "sft", r["precision"])
+        if sft is not None:
+            r["time_ratio"] = statistics.median(t / run["median_s"] for t, run in zip(times, runs[sft], strict=True))
+            r["ideal_ratio"] = r["flops"] / runs[sft][0]["flops"]
+            r["mem_above_sft_mb"] = (r["peak_bytes"] - statistics.median(x["peak_bytes"] for x in runs[sft])) / 2**20
+        recipe = _index(rows, r["shape"], "soft", "32-true", reference_k)  # today's recipe step: fp32, every exit
+        if recipe is not None:
+            r["speedup"] = statistics.median(run["median_s"] / t for t, run in zip(times, runs[recipe], strict=True))
+        r["tflops_per_s"] = r["flops"] / r["median_s"] / 1e12
+        r["tokens_per_s"] = args.batch * args.seq / r["median_s"]
+        if args.peak_tflops:
+            r["mfu"] = r["tflops_per_s"] / args.peak_tflops
     return rows
 
 
 def format_table(rows: list[dict], with_mfu: bool) -> str:
-    header = "| shape | impl | exits | step ms | peak MB | above sft MB | time / sft | FLOP-ideal | ÷ ideal | tok/s |"
+    header = (
+        "| shape | precision | impl | exits | exits/step | step ms | steps/h | peak MB | above sft MB | time / sft "
+        "| FLOP-ideal | ÷ ideal | × fp32 SoFT | tok/s |"
+    )
     if with_mfu:
         header += " MFU |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
+        known = lambda key, spec, r=r: format(r[key], spec) if key in r else "–"  # noqa: E731
+        ideal = format(r["time_ratio"] / r["ideal_ratio"], ".2f") if "time_ratio" in r else "–"
         cells = [
-            r["shape"], r["impl"], str(len(r["exits"])), f"{r['median_s'] * 1e3:.0f}", f"{r['peak_bytes'] / 2**20:.0f}",
-            f"{r['mem_above_sft_mb']:+.0f}", f"{r['time_ratio']:.2f}", f"{r['ideal_ratio']:.2f}",
-            f"{r['time_ratio'] / r['ideal_ratio']:.2f}", f"{r['tokens_per_s']:.0f}",
+            r["shape"], r["precision"], r["impl"], str(len(r["exits"])), str(exits_per_step(r["impl"], r["k"])),
+            f"{r['median_s'] * 1e3:.0f}", f"{3600 / r['median_s']:.0f}", f"{r['peak_bytes'] / 2**20:.0f}",
+            known("mem_above_sft_mb", "+.0f"), known("time_ratio", ".2f"), known("ideal_ratio", ".2f"), ideal,
+            known("speedup", ".2f"), f"{r['tokens_per_s']:.0f}",
         ]  # fmt: skip
         if with_mfu:
             cells.append(f"{r['mfu']:.1%}")
@@ -420,8 +496,11 @@ def format_generate_table(rows: list[dict], metric: str = "exact_match") -> str:
 def run_train(cfg: BenchTrainConfig, argv: list[str]) -> None:
     check_train(cfg)
     rows = bench_train(cfg)
-    print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, {resolve_device(cfg.device)}, {cfg.dtype}, "
-          f"batch {cfg.batch} x {cfg.seq} tokens, half of them labels, forward + backward)")  # fmt: skip
+    step = "forward + backward + AdamW" if cfg.optimizer == "adamw" else "forward + backward"
+    print(f"# python -m sortednet.bench {' '.join(argv)}  ({date.today()}, {resolve_device(cfg.device)}, "
+          f"batch {cfg.batch} x {cfg.seq} tokens, half of them labels, {step}; medians of {cfg.repeats} "
+          f"interleaved repeat(s) of {cfg.steps} timed steps; × fp32 SoFT: speed over 32-true soft at "
+          f"{max(cfg.exits)} exits)")  # fmt: skip
     print(format_table(rows, with_mfu=cfg.peak_tflops is not None))
 
 

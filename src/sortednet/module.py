@@ -147,11 +147,6 @@ class SortedModule(L.LightningModule):
         self.train_exits = {"soft": exits, "sft": exits[-1:], "ict": exits[:-1], "extracted": exits}[name]
         if not self.train_exits:
             raise SortedNetError("objective=ict needs at least one exit below the last layer in the exit set")
-        if self.loss_config.distill and name != "soft":
-            raise SortedNetError(
-                f"loss.distill teaches the exits of one shared head from the deepest (objective=soft), not "
-                f"objective={name}; use objective=soft or drop loss.distill"
-            )
         self.schedule = ExitSchedule(self.train_exits, self.loss_config)
         self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
         # agreement with the deepest exit (below it only): expected acceptance and greedy agreement per position

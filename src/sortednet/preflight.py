@@ -48,6 +48,11 @@ def check_settings(cfg: TrainConfig) -> None:
     check_ranges(cfg)  # a config built in code, not composed, is checked too
     trainer = cfg.trainer
     check_precision(trainer)
+    if cfg.loss.distill and cfg.objective.name != "soft":
+        raise SortedNetError(
+            f"loss.distill teaches the exits of one shared head from the deepest (objective=soft), not "
+            f"objective={cfg.objective.name}; use objective=soft or drop loss.distill"
+        )
     if trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1:
         raise SortedNetError("trainer.max_epochs=-1 and trainer.max_steps=-1 never stop; set one of them")
 

@@ -77,7 +77,8 @@ def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[
 
 def format_report(report: list[dict], title: str = "") -> str:
     """The per-exit table as fixed-width text (stdout-friendly, also pasted into experiments/)."""
-    columns = [c for c in ("exit", "layers", "params_M", "val_loss", "val_ppl", "accept", "agree", "exact_match") if c in report[0]]
+    names = ("exit", "layers", "params_M", "val_loss", "val_ppl", "accept", "agree", "exact_match")
+    columns = [c for c in names if c in report[0]]
     lines = [title] if title else []
     lines.append("  ".join(f"{c:>11}" for c in columns))
     for row in report:

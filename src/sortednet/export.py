@@ -27,24 +27,21 @@ writes ``exit_K.gguf`` for every exit of the checkpoint into the new directory `
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from sortednet import cli
+from sortednet.checkpoint import read_checkpoint
 from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
-from sortednet.hub import DTYPES
+from sortednet.hub import DTYPES, resolve
 from sortednet.inference.gguf_export import GGUF_DTYPES, check_exportable, write_gguf
 from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
 from sortednet.io import check_creatable_dir, check_new_dir, write_dir_atomically, write_file_atomically
-from sortednet.model import SortedLM, _set_layer_count
+from sortednet.lora import adapted_base
 
 
 @dataclass
@@ -63,39 +60,6 @@ class ExportConfig:
     """true: write the adapters of a LoRA checkpoint as a PEFT adapter directory instead of a model."""
     cache_dir: str | None = None
     """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
-
-
-def _module_name(root: nn.Module, target: nn.Module) -> str:
-    return next(name for name, module in root.named_modules(remove_duplicate=False) if module is target)
-
-
-def submodel(net: SortedLM, exit_: int, dtype: torch.dtype | None = None) -> nn.Module:
-    """A standalone causal LM equal to exit ``exit_`` of ``net``: its first layers, the norm and its head."""
-    from transformers import AutoModelForCausalLM
-
-    if not 1 <= exit_ <= net.num_layers:
-        raise SortedNetError(f"exit {exit_} is outside [1, {net.num_layers}]")
-    head = net.head(exit_)
-    own_head = head is not net.lm_head
-    config = copy.deepcopy(net.lm.config)
-    _set_layer_count(config, exit_)
-    if own_head:
-        config.tie_word_embeddings = False  # an ICT head is its own matrix, not the embeddings
-    layers_name = _module_name(net.lm, net.decoder.layers)
-    head_name = _module_name(net.lm, net.lm_head)
-    dropped = tuple(f"{layers_name}.{i}." for i in range(exit_, net.num_layers))
-    state = {k: v for k, v in net.lm.state_dict().items() if not k.startswith(dropped)}
-    if own_head:
-        state[f"{head_name}.weight"] = head.weight
-        if head.bias is not None:
-            state[f"{head_name}.bias"] = head.bias
-    source_dtype = net.lm_head.weight.dtype
-    with torch.device("cpu"):
-        sub = AutoModelForCausalLM.from_config(config, dtype=source_dtype)
-    sub.load_state_dict(state, strict=True)
-    if dtype is not None:
-        sub.to(dtype)
-    return sub.eval()
 
 
 def check_exit(exit_: int | None, meta: dict, num_layers: int) -> None:
@@ -146,7 +110,7 @@ def export_gguf(cfg: ExportConfig, out: Path, loaded: tuple | None = None) -> Pa
     stem = Path(source).stem
 
     def write_exit(exit_: int, target: Path) -> dict:
-        sub = submodel(net, exit_)
+        sub = net.submodel(exit_)
         provenance = {"exit": exit_, "num_layers": origin.get("num_layers", num_layers), "source": source}
         write_file_atomically(
             target,
@@ -210,7 +174,7 @@ def export(cfg: ExportConfig) -> Path:
         raise SortedNetError("exit=all writes GGUF files; add format=gguf (or export one exit=K as a directory)")
     check_exit(cfg.exit, meta, num_layers)
     style = prompt_style_of(meta, tokenizer)
-    sub = submodel(net, cfg.exit, DTYPES[cfg.dtype])
+    sub = net.submodel(cfg.exit, DTYPES[cfg.dtype])
     origin = meta.get("exported_from") or {}  # exporting from an exported directory keeps the first source
     sub.config.sortednet = {
         "source": origin.get("source") or str(Path(meta["source"]).absolute()),
@@ -244,10 +208,6 @@ def export(cfg: ExportConfig) -> Path:
 
 def export_adapter(cfg: ExportConfig, out: Path) -> Path:
     """Write the adapters of LoRA checkpoint ``cfg.ckpt`` to ``out`` with PEFT's ``save_pretrained``."""
-    from sortednet.checkpoint import read_checkpoint
-    from sortednet.hub import resolve
-    from sortednet.lora import adapted_base
-
     if cfg.exit is not None:
         raise SortedNetError(
             "adapter=true writes the adapters of the whole model; drop exit= (exit=K without adapter=true exports "

@@ -10,6 +10,7 @@ Nothing in this file knows about Lightning or Hydra.
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from collections.abc import Iterator, Sequence
 
@@ -107,6 +108,10 @@ def _set_layer_count(config, num_layers: int) -> None:
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         config.layer_types = list(layer_types)[:num_layers]
+
+
+def _module_name(root: nn.Module, target: nn.Module) -> str:
+    return next(name for name, module in root.named_modules(remove_duplicate=False) if module is target)
 
 
 class SortedLM(nn.Module):
@@ -231,3 +236,32 @@ class SortedLM(nn.Module):
             self.lm.set_output_embeddings(full_head)
             for key, value in saved.items():
                 setattr(config, key, value)
+
+    def submodel(self, exit_: int, dtype: torch.dtype | None = None) -> nn.Module:
+        """A standalone causal LM (on the CPU) equal to exit ``exit_``: its first layers, the norm and its head;
+        in ``dtype`` if given, else the model's own."""
+        # transformers loads lazily: every command imports this module, and its --help should not wait for it
+        from transformers import AutoModelForCausalLM
+
+        if not 1 <= exit_ <= self.num_layers:
+            raise SortedNetError(f"exit {exit_} is outside [1, {self.num_layers}]")
+        head = self.head(exit_)
+        own_head = head is not self.lm_head
+        config = copy.deepcopy(self.lm.config)
+        _set_layer_count(config, exit_)
+        if own_head:
+            config.tie_word_embeddings = False  # an ICT head is its own matrix, not the embeddings
+        layers_name = _module_name(self.lm, self.decoder.layers)
+        head_name = _module_name(self.lm, self.lm_head)
+        dropped = tuple(f"{layers_name}.{i}." for i in range(exit_, self.num_layers))
+        state = {k: v for k, v in self.lm.state_dict().items() if not k.startswith(dropped)}
+        if own_head:
+            state[f"{head_name}.weight"] = head.weight
+            if head.bias is not None:
+                state[f"{head_name}.bias"] = head.bias
+        with torch.device("cpu"):
+            sub = AutoModelForCausalLM.from_config(config, dtype=self.lm_head.weight.dtype)
+        sub.load_state_dict(state, strict=True)
+        if dtype is not None:
+            sub.to(dtype)
+        return sub.eval()

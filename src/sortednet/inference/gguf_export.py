@@ -1,4 +1,4 @@
-"""A Hugging Face LLaMA (sub-model K of a sorted model, cut by :func:`sortednet.export.submodel`) as one GGUF
+"""A Hugging Face LLaMA (sub-model K of a sorted model, cut by :meth:`sortednet.model.SortedLM.submodel`) as one GGUF
 file, the format llama.cpp and the tools built on it (Ollama, LM Studio, llamafile) run.
 
 What goes in, as llama.cpp's loader reads it:

@@ -272,7 +272,7 @@ def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
 
     from sortednet.config import ModelConfig, ObjectiveConfig
     from sortednet.model import SortedLM
-    from sortednet.module import SortedModule
+    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("ckpts")
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))

@@ -24,7 +24,7 @@ READ_ONLY = "/sys/sortednet-test/out"  # not writable even by root: sysfs refuse
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """Good and bad inputs, by name: data files, checkpoints, paths under files."""
-    from sortednet.module import SortedModule
+    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("inputs")
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
@@ -183,7 +183,7 @@ def test_export_into_an_empty_directory_keeps_its_permissions(tmp_path, files, c
 
 def test_a_damaged_checkpoint_is_refused_by_every_reader(files):
     from sortednet.errors import SortedNetError
-    from sortednet.preflight import read_metadata
+    from sortednet.training.preflight import read_metadata
 
     for name in ("truncated", "random", "data"):
         with pytest.raises(SortedNetError, match="not a readable checkpoint"):

@@ -12,8 +12,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from conftest import compose_train
 from sortednet import io as sortednet_io
-from sortednet.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy
 from sortednet.io import write_dir_atomically
+from sortednet.training.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy
 
 
 def _checkpoint(value: float) -> dict:
@@ -121,7 +121,7 @@ def test_a_refused_directory_is_left_as_it_was(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["single", "ddp", "fsdp"])
 def test_every_strategy_writes_checkpoints_atomically(strategy):
-    from sortednet.train import configure_strategy
+    from sortednet.training.strategy import configure_strategy
 
     devices = ["trainer.devices=2"] if strategy != "single" else []
     args = configure_strategy(compose_train(f"strategy={strategy}", *devices))

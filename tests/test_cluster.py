@@ -110,7 +110,7 @@ def _wait_until(condition, timeout: float) -> bool:
 def test_a_sweep_job_whose_rank_dies_stops_all_its_ranks_with_one_line(tmp_path, cache_dir):
     """Two 2-job DDP sweeps. kill -9 of the sweep process (rank 0 of job 0) ends its child rank; kill -9 of job 0's
     child rank ends the sweep: within seconds, one line each, no rank left behind and job 1 never started
-    (without sortednet.ranks, the survivor waits for the process group's 30-minute timeout)."""
+    (without sortednet.training.ranks, the survivor waits for the process group's 30-minute timeout)."""
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(make_rows(48)))  # 40 trained on at 2 x 2 ranks: 10 steps an epoch, 20 epochs
     overrides = ["exits=[4,8],[2,4,6,8]", f"data.path={data}", "strategy=ddp", "trainer.devices=2", "logger=csv"]
@@ -157,7 +157,7 @@ def _validation_end_on_rank(rank: int, port: int, queue) -> None:
     import torch.distributed as dist
     from torchmetrics import MeanMetric
 
-    from sortednet.module import SortedModule
+    from sortednet.training.module import SortedModule
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 

@@ -193,7 +193,7 @@ def test_field_docs_are_read_from_the_source():
 def test_train_leaves_a_users_config_directories_to_hydra(tmp_path):
     """An option from the user's own config directory (``hydra.searchpath`` or ``--config-dir``) is not refused
     up front: only Hydra, which searches there, knows it."""
-    from sortednet.composition import check_command_line
+    from sortednet.training.composition import check_command_line
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mine.yaml").write_text("name_or_path: embedded\n")

@@ -1,4 +1,4 @@
-"""What sortednet relies on in the private parts of Lightning and torch (:mod:`sortednet.compat`): each test
+"""What sortednet relies on in the private parts of Lightning and torch (:mod:`sortednet.training.compat`): each test
 fails when an upgrade changes it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sortednet import compat
+from sortednet.training import compat
 
 
 def test_the_subprocess_launcher_is_recognised_and_reruns_the_hydra_command_line(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import save_tiny
 from sortednet.config import ModelConfig, ObjectiveConfig
-from sortednet.module import SortedModule
+from sortednet.training.module import SortedModule
 
 
 def _step(model_dir, batch, compile_layers: bool):

@@ -10,9 +10,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, compose_train
-from sortednet.data.datamodule import AlpacaDataModule
 from sortednet.hub import causal_lm_from_config
-from sortednet.train import build_module  # also registers the schema
+from sortednet.training.datamodule import AlpacaDataModule
+from sortednet.training.module import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER_EXPERIMENTS = [name for name in EXPERIMENTS if not name.startswith("smollm2")]
@@ -121,7 +121,7 @@ def test_strategy_group(strategy):
 def test_paper_batch_gives_four_accumulation_steps_on_eight_gpus():
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from sortednet.train import configure_strategy
+    from sortednet.training.strategy import configure_strategy
 
     trainer = configure_strategy(compose_train("experiment=soft_13b"))
     assert trainer["accumulate_grad_batches"] == 4 and trainer["precision"] == "32-true"  # FSDP2 policy casts

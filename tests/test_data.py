@@ -19,12 +19,12 @@ from sortednet.data.alpaca import (
     split,
     tokenize_rows,
 )
-from sortednet.data.datamodule import AlpacaDataModule
 from sortednet.data.prompts import ALPACA, get_prompt_style
 from sortednet.data.rows import check_rows, read_rows
 from sortednet.embedded import TASKS, make_rows, materialise
 from sortednet.errors import SortedNetError
 from sortednet.loss import IGNORE_INDEX
+from sortednet.training.datamodule import AlpacaDataModule
 
 # The `embedded_root` and `tokenizer` fixtures come from conftest.py: the embedded assets, written once per
 # session, and their tokenizer (adds BOS, eos "</s>", no pad token).

@@ -36,7 +36,7 @@ PANDALM_ITEMS = [
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """soft: the embedded 8-layer LLaMA with exits 2,4,6,8; sft: the same, objective sft, weights perturbed."""
-    from sortednet.module import SortedModule
+    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("eval-ckpts")
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import CHATML, chat_tokenizer, one_line, run_module
-from sortednet.composition import compose
 from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
 from sortednet.hub import load_causal_lm, load_config, load_tokenizer
 from sortednet.inference.load import load_sorted
 from sortednet.plan import PlanConfig, plan
+from sortednet.training.composition import compose
 
 HEADS, KV_HEADS = 4, 2
 

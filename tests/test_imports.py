@@ -1,5 +1,6 @@
 """The import graph of sortednet, read from the source with ``ast`` (module-level and function-level imports
-alike): no cycles among sortednet modules, and a core that imports neither Lightning nor Hydra."""
+alike): no cycles among sortednet modules, a core that imports neither Lightning nor Hydra, Lightning only in the
+training stack, every arrow pointing down the layers of GUIDE §3, and no command importing another."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ PACKAGE = SRC / "sortednet"
 CORE = [
     "sortednet.model",
     "sortednet.loss",
+    "sortednet.objectives",
     "sortednet.schedule",
     "sortednet.flops",
     "sortednet.checkpoint",
@@ -26,13 +28,8 @@ CORE = [
     *sorted(f"sortednet.inference.{p.stem}" for p in (PACKAGE / "inference").glob("*.py") if p.stem != "__init__"),
 ]
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf")
-TRAINING = {
-    "sortednet.module",
-    "sortednet.callbacks",
-    "sortednet.checkpointing",
-    "sortednet.loggers",
-    "sortednet.data.datamodule",
-}
+LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics")
+# The `python -m sortednet.X` entry points: thin, each over the library, none over another.
 COMMANDS = {
     f"sortednet.{name}"
     for name in ("train", "generate", "export", "evaluate", "calibrate", "consolidate", "plan", "bench")
@@ -45,6 +42,20 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+TRAINING = {name for name in MODULES if name.startswith("sortednet.training")}
+# The layers of GUIDE §3, lowest first: a module imports from its own layer or below, never above. The top-level
+# modules (model, loss, hub, checkpoint, config, ...) are the core, and so is data.prompts (the prompt styles,
+# which the core's embedded model formats with); the commands are the top. A new package gets its layer here.
+LAYERS = ("core", "data", "inference", "eval", "training", "commands")
+PACKAGE_LAYERS = {
+    "data": "data",
+    "inference": "inference",
+    "eval": "eval",
+    "benchmarks": "eval",  # bench's benchmarks: over the core, data and inference, like the eval suites
+    "training": "training",
+    "conf": "core",  # Hydra's config files (no modules)
+}
+CORE_IN_PACKAGES = {"sortednet.data.prompts"}
 
 
 def _imports(name: str) -> set[str]:
@@ -101,7 +112,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_graph_is_read():
-    assert "sortednet.model" in GRAPH["sortednet.module"] and len(MODULES) > 30
+    assert "sortednet.model" in GRAPH["sortednet.training.module"] and len(MODULES) > 30
     assert "sortednet.data.prompts" in GRAPH["sortednet.data.alpaca"]
 
 
@@ -138,3 +149,77 @@ def test_the_core_imports_neither_lightning_nor_hydra(name):
 def test_library_code_never_imports_a_command():
     for name in sorted(set(GRAPH) - COMMANDS):
         assert not GRAPH[name] & COMMANDS, f"{name} imports {sorted(GRAPH[name] & COMMANDS)}"
+
+
+def _layer(name: str) -> int:
+    if name in COMMANDS:
+        return LAYERS.index("commands")
+    parts = name.split(".")
+    if name in CORE_IN_PACKAGES or len(parts) < 3 and not (PACKAGE / parts[-1]).is_dir():
+        return LAYERS.index("core")
+    return LAYERS.index(PACKAGE_LAYERS[parts[1]])
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer into a higher one, as ``a (layer) -> b (layer)``."""
+    return [
+        f"{name} ({LAYERS[_layer(name)]}) -> {m} ({LAYERS[_layer(m)]})"
+        for name in sorted(graph)
+        for m in sorted(graph[name])
+        if _layer(m) > _layer(name)
+    ]
+
+
+def _lightning_outside_training(imports: dict[str, set[str]]) -> list[str]:
+    """Modules outside ``sortednet.training`` and the train command that import Lightning themselves."""
+    return [
+        f"{name} imports {sorted(m for m in found if m.split('.')[0] in LIGHTNING)}"
+        for name, found in sorted(imports.items())
+        if name not in TRAINING | {"sortednet.train"} and any(m.split(".")[0] in LIGHTNING for m in found)
+    ]
+
+
+def _commands_importing_commands(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{name} imports {sorted(graph[name] & COMMANDS)}"
+        for name in sorted(COMMANDS & set(graph))
+        if graph[name] & COMMANDS
+    ]
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert packages <= set(PACKAGE_LAYERS), f"give {sorted(packages - set(PACKAGE_LAYERS))} a layer in PACKAGE_LAYERS"
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    assert _upward(GRAPH) == []
+
+
+def test_only_the_training_stack_imports_lightning():
+    assert _lightning_outside_training({name: _imports(name) for name in MODULES}) == []
+
+
+def test_no_command_imports_another():
+    assert _commands_importing_commands(GRAPH) == []
+
+
+def test_the_layer_checks_find_wrong_arrows():
+    """Each check above, on a graph with one wrong arrow of its kind."""
+    assert _upward({"sortednet.model": {"sortednet.training.module"}, "sortednet.plan": {"sortednet.model"}}) == [
+        "sortednet.model (core) -> sortednet.training.module (training)"
+    ]
+    assert _upward({"sortednet.inference.decode": {"sortednet.eval.loss"}}) == [
+        "sortednet.inference.decode (inference) -> sortednet.eval.loss (eval)"
+    ]
+    assert _upward({"sortednet.embedded": {"sortednet.data.prompts"}}) == []  # data.prompts counts as core
+    found = _lightning_outside_training(
+        {"sortednet.eval.exits": {"lightning", "torch"}, "sortednet.training.module": {"lightning"}}
+    )
+    assert found == ["sortednet.eval.exits imports ['lightning']"]
+    assert _lightning_outside_training({"sortednet.train": {"torchmetrics"}}) == []
+    assert _lightning_outside_training({"sortednet.model": {"lightning_fabric.utilities"}}) != []
+    found = _commands_importing_commands(
+        {"sortednet.plan": {"sortednet.train", "sortednet.model"}, "sortednet.io": set()}
+    )
+    assert found == ["sortednet.plan imports ['sortednet.train']"]

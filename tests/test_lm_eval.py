@@ -56,7 +56,7 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def setup(tmp_path_factory, cache_dir) -> dict:
     """A SoFT checkpoint of the embedded model (exits 2,4,6,8) and a task directory: a multiple-choice task and a
     generate_until task over local JSON lines."""
-    from sortednet.module import SortedModule
+    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("lm-eval")
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))

@@ -18,7 +18,7 @@ from sortednet.hub import load_causal_lm
 from sortednet.inference.load import load_sorted
 from sortednet.lora import add_lora_
 from sortednet.model import SortedLM
-from sortednet.module import SortedModule
+from sortednet.training.module import SortedModule
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8"]
 ADAPTER = (".lora_A.default.weight", ".lora_B.default.weight")

@@ -11,7 +11,7 @@ import torch
 from conftest import csv_metrics, one_line_error, run_cli, succeeded, train_in_process
 from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
-from sortednet.optim import adamw8bit, check, paged_adamw8bit
+from sortednet.training.optim import adamw8bit, check, paged_adamw8bit
 
 
 def test_adamw8bit_keeps_8bit_moments_and_steps():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sortednet.composition import compose
 from sortednet.plan import PlanConfig, main, plan, verdicts
+from sortednet.training.composition import compose
 
 
 def test_soft_13b_on_eight_gpus():

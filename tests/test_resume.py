@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import cli_command, cli_env, csv_metrics, run_cli, succeeded
-from sortednet.data.datamodule import GlobalOrderSampler
 from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
+from sortednet.training.datamodule import GlobalOrderSampler
 
 # 32 train rows at batch 8: 4 steps an epoch; the cpu trainer validates (and writes last.ckpt) after steps 2 and
 # 4 of every epoch (trainer.val_check_interval=0.5), so the killed run leaves checkpoints of both kinds.

@@ -8,8 +8,8 @@ import torch
 from conftest import save_tiny
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
-from sortednet.module import SortedModule
 from sortednet.schedule import ExitSchedule
+from sortednet.training.module import SortedModule
 
 EXITS = [1, 2, 3, 4]
 

@@ -11,8 +11,8 @@ import torch
 
 from conftest import rows_of_very_different_lengths, save_tiny
 from sortednet.config import DataConfig, ModelConfig, ObjectiveConfig
-from sortednet.data.datamodule import AlpacaDataModule
-from sortednet.module import SortedModule
+from sortednet.training.datamodule import AlpacaDataModule
+from sortednet.training.module import SortedModule
 
 
 class _Grads(L.Callback):
@@ -65,7 +65,7 @@ def test_accumulating_two_batches_of_four_gives_the_gradient_of_one_batch_of_eig
 
 
 def test_the_step_token_count_covers_the_whole_step_and_ends_it_once():
-    from sortednet.data.datamodule import GlobalOrderSampler
+    from sortednet.training.datamodule import GlobalOrderSampler
 
     counts = list(range(10, 20))  # label tokens of rows 0..9
     sampler = GlobalOrderSampler(10, batch_size=2, world_size=1, rank=0, seed=0)

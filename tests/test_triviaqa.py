@@ -11,7 +11,6 @@ import pytest
 from conftest import one_line
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import load_tokenized, tokenized_split
-from sortednet.data.datamodule import AlpacaDataModule
 from sortednet.data.prompts import ALPACA, TRIVIAQA
 from sortednet.data.triviaqa import (
     is_triviaqa_hub_id,
@@ -33,6 +32,7 @@ from sortednet.eval.triviaqa import (
     write_predictions,
 )
 from sortednet.loss import IGNORE_INDEX
+from sortednet.training.datamodule import AlpacaDataModule
 
 
 def _hf_row(i: int, question: str, value: str, aliases: list[str]) -> dict:
@@ -487,7 +487,7 @@ def test_evaluate_suite_reads_the_real_file_and_refuses_an_unknown_layout(cache_
 
     from sortednet import evaluate
     from sortednet.config import ModelConfig, ObjectiveConfig
-    from sortednet.module import SortedModule
+    from sortednet.training.module import SortedModule
 
     module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[4, 8], cache_dir=str(cache_dir))
     module.configure_model()

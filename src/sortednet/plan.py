@@ -23,8 +23,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from sortednet.composition import compose_checked, training_options
+from sortednet import cli
+from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
+from sortednet.flops import train_step_flops
+from sortednet.hub import DTYPES, causal_lm_from_config, load_config
+from sortednet.loss import CHUNK_ELEMENTS
+from sortednet.objectives import apply_objective, check_objective, train_exits
+from sortednet.training.composition import compose_checked, training_options
+from sortednet.training.preflight import check_settings
+from sortednet.training.strategy import world_size
 
 GIB = 1024**3
 CARDS = {"8x80GB": 80, "8x40GB": 40, "8x32GB (paper, V100)": 32}
@@ -50,17 +58,13 @@ class PlanArgs:
 
 def plan(cfg, settings: PlanConfig) -> dict:
     """The numbers of the plan: memory terms in GiB per GPU, tokens per step, step time."""
-    from sortednet.flops import train_step_flops
-    from sortednet.hub import DTYPES, causal_lm_from_config, load_config
-    from sortednet.loss import CHUNK_ELEMENTS
-    from sortednet.train import _world_size, build_module
-
     # Without model.architecture, the config of model.name_or_path (a directory, hub id or .gguf; no weights read).
     architecture = cfg.model.architecture or load_config(cfg.model.name_or_path, cfg.cache_dir)
-    module = build_module(cfg)
-    module.setup_net(causal_lm_from_config(architecture, cfg.model.dtype, device="meta"))
-    net, config = module.net, module.net.lm.config
-    n = _world_size(cfg.trainer)
+    check_objective(cfg.objective, cfg.model.lora)
+    causal_lm = causal_lm_from_config(architecture, cfg.model.dtype, device="meta")
+    net, exit_set = apply_objective(causal_lm, cfg.objective, cfg.exits, cfg.model.lora)
+    config = net.lm.config
+    n = world_size(cfg.trainer)
     precision = str(cfg.trainer.get("precision", "32-true"))
     master = DTYPES[cfg.model.dtype].itemsize
     compute = 2 if precision.startswith(("bf16", "16")) else 4
@@ -74,7 +78,7 @@ def plan(cfg, settings: PlanConfig) -> dict:
     h, a, L = config.hidden_size, config.num_attention_heads, net.num_layers
     layer_act = s * b * h * (34 + 5 * a * s / h)
     labels = int(b * s * settings.response_fraction)
-    exits = len(module.train_exits)
+    exits = len(train_exits(cfg.objective.name, exit_set))
     chunk_rows = min(CHUNK_ELEMENTS // config.vocab_size, labels)
     loss = chunk_rows * config.vocab_size * 4 + config.vocab_size * h * 4 + 2 * exits * labels * h * compute
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
@@ -159,9 +163,6 @@ def check_plan(settings: PlanConfig) -> None:
 
 
 def help_text() -> str:
-    from sortednet import cli
-    from sortednet.config import TrainConfig
-
     groups = "\n".join(f"  {name}={'|'.join(options)}" for name, options in training_options().items())
     return (
         f"{cli.usage(__doc__, PlanArgs)}\n\ntraining groups:\n{groups}\n\n"
@@ -170,9 +171,6 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sortednet import cli
-    from sortednet.preflight import check_settings
-
     args = list(sys.argv[1:] if argv is None else argv)
     own = [a.partition("=")[0].split(".")[0] == "plan" for a in args]
 

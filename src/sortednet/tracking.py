@@ -1,5 +1,5 @@
 """What training's loggers and evaluation's outputs share about W&B: whether it can log online. A module of its
-own so that evaluation needs no part of the training stack (:mod:`sortednet.loggers` is Lightning's)."""
+own so that evaluation needs no part of the training stack (:mod:`sortednet.training.loggers` is Lightning's)."""
 
 from __future__ import annotations
 

@@ -4,113 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
+import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict, read_write
 
-from sortednet.compat import spawns_ranks_by_rerunning_the_script
-from sortednet.composition import check_command_line
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
-from sortednet.rundir import save_run_config
-
-
-def build_module(cfg: TrainConfig):
-    """The LightningModule of a run, before its weights are loaded (``configure_model``)."""
-    from hydra.utils import instantiate
-
-    from sortednet.module import SortedModule
-
-    return SortedModule(
-        cfg.model,
-        cfg.objective,
-        cfg.loss,
-        exits=cfg.exits,
-        optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
-        warmup_steps=cfg.warmup_steps,
-        min_lr_ratio=cfg.min_lr_ratio,
-        cache_dir=cfg.cache_dir,
-        activation_checkpointing=cfg.strategy.activation_checkpointing,
-        mixed_precision=cfg.strategy.name == "fsdp" and str(cfg.trainer.get("precision")) == "bf16-mixed",
-        prompt_style=cfg.data.prompt_style,
-        compile_layers=bool(cfg.trainer.get("compile", False)),
-    )
-
-
-STRATEGIES = ("single", "ddp", "fsdp")
-
-
-def _world_size(trainer: dict) -> int:
-    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
-    if isinstance(devices, list | tuple):
-        return len(devices) * nodes
-    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
-        return int(devices) * nodes
-    return nodes  # "auto": Lightning decides; checks that need the count are skipped
-
-
-def configure_strategy(cfg: TrainConfig) -> dict:
-    """``cfg.trainer`` with the strategy group applied: Lightning's strategy object, the precision FSDP2
-    leaves to Lightning, and gradient accumulation from ``data.global_batch_size``. One-line errors."""
-    from sortednet.checkpointing import AtomicCheckpointIO, AtomicModelParallelStrategy
-
-    trainer = dict(cfg.trainer)
-    trainer.pop("compile", None)  # sortednet's own knob (build_module), not a Lightning Trainer argument
-    # Every single-file checkpoint (single, ddp, fsdp gathered) is written atomically: temp file, fsync, rename.
-    trainer["plugins"] = [*(trainer.get("plugins") or []), AtomicCheckpointIO()]
-    name, world = cfg.strategy.name, _world_size(trainer)
-    if name not in STRATEGIES:
-        raise SortedNetError(f"unknown strategy {name!r}; use strategy={'|'.join(STRATEGIES)}")
-    if name == "ddp":
-        trainer["strategy"] = "ddp"
-    if name == "fsdp":
-        if world < 2 and not cfg.strategy.allow_single_device:
-            raise SortedNetError(
-                f"strategy=fsdp shards the model over several devices but trainer.devices={trainer.get('devices')}; "
-                f"set trainer.devices=N (N >= 2), use strategy=single, or add strategy.allow_single_device=true "
-                f"to run the sharded code path on one device"
-            )
-        precision = str(trainer.get("precision", "32-true"))
-        if precision not in ("32-true", "bf16-true", "bf16-mixed"):
-            raise SortedNetError(
-                f"strategy=fsdp supports trainer.precision=32-true|bf16-mixed|bf16-true, not {precision}"
-            )
-        if precision == "bf16-mixed":  # FSDP2's MixedPrecisionPolicy casts; Lightning must not autocast on top
-            trainer["precision"] = "32-true"
-        trainer["strategy"] = AtomicModelParallelStrategy(  # distributed checkpoints: temp dir, then swap
-            data_parallel_size=world,
-            tensor_parallel_size=1,
-            save_distributed_checkpoint=cfg.strategy.save_distributed_checkpoint,
-        )
-    if cfg.model.lora.rank or cfg.model.quantization is not None:
-        _check_adapters(cfg, name, str(trainer.get("accelerator", "auto")))
-    global_batch = cfg.data.global_batch_size
-    if global_batch is not None:
-        per_step = cfg.data.batch_size * world
-        if global_batch % per_step:
-            raise SortedNetError(
-                f"data.global_batch_size={global_batch} is not a multiple of data.batch_size x devices = "
-                f"{cfg.data.batch_size} x {world}; change one of them"
-            )
-        trainer["accumulate_grad_batches"] = global_batch // per_step
-    return trainer
-
-
-def _check_adapters(cfg: TrainConfig, strategy: str, accelerator: str) -> None:
-    """LoRA / QLoRA settings that cannot run: one-line errors before anything is loaded."""
-    import torch
-
-    from sortednet.hub import check_quantization
-
-    cuda = torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto")
-    check_quantization(cfg.model.quantization, cfg.model.lora.rank, cuda)
-    if strategy == "fsdp":
-        raise SortedNetError("model.lora runs with strategy=single|ddp; FSDP2 sharding of adapters is not supported")
+from sortednet.eval.exits import exit_report, format_report
+from sortednet.hub import load_tokenizer
+from sortednet.training import loggers, optim, preflight, ranks
+from sortednet.training.callbacks import TokenThroughput
+from sortednet.training.compat import spawns_ranks_by_rerunning_the_script
+from sortednet.training.composition import check_command_line
+from sortednet.training.datamodule import AlpacaDataModule
+from sortednet.training.module import build_module
+from sortednet.training.rundir import save_run_config
+from sortednet.training.strategy import configure_strategy
 
 
 def _run_name_and_group() -> tuple[str, str | None]:
@@ -141,7 +60,7 @@ def one_job_ranks(trainer):
     - Hydra's ``run.dir``, which Lightning hands the children, becomes this job's output directory, so the
       children's ``run_dir`` is rank 0's (not a stray ``outputs/DATE/TIME``);
     - after the job: the launcher's environment variables are restored (``LOCAL_RANK`` left set would make the
-      next job skip launching its ranks and wait forever); :func:`sortednet.ranks.watched` has waited for the
+      next job skip launching its ranks and wait forever); :func:`sortednet.training.ranks.watched` has waited for the
       children and destroyed the process group, so the next job starts from a clean slate.
     Under a launcher that starts one task per device itself (submitit/SLURM, torchrun), Lightning does not
     re-launch anything and this is a no-op; so is a single-process run or a non-sweep run.
@@ -186,9 +105,6 @@ def _compute_dtype(cfg: TrainConfig) -> str:
 def _quiet_dependencies() -> None:
     """Keep a user's terminal for sortednet's progress and tables: silence dependency messages that say nothing
     about this run."""
-    import logging
-    import warnings
-
     # Lightning advertises its cloud logger on every run.
     tip = lambda record: not str(record.msg).startswith("💡 Tip")  # noqa: E731
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(tip)
@@ -211,16 +127,6 @@ def _model_line(module) -> str:
 
 
 def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = None) -> None:
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-
-    from sortednet import loggers, optim, preflight, ranks
-    from sortednet.callbacks import TokenThroughput
-    from sortednet.data.datamodule import AlpacaDataModule
-    from sortednet.eval.exits import exit_report, format_report
-    from sortednet.hub import load_tokenizer
-
     preflight.check_settings(cfg)
     _quiet_dependencies()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

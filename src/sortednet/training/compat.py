@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 from typing import TYPE_CHECKING
 
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
 if TYPE_CHECKING:
     import torch
 
@@ -20,8 +22,6 @@ def spawns_ranks_by_rerunning_the_script(strategy) -> bool:
     Why private: Lightning exposes the launcher (``strategy.launcher``) but not what kind it is; its public
     ``is_interactive_compatible`` is also False for the spawn launcher, which does not re-run the script.
     """
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
     environment = getattr(strategy, "cluster_environment", None)
     return (
         isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
@@ -34,7 +34,7 @@ def launched_rank_processes(trainer) -> list[subprocess.Popen]:
     """The rank processes this process started (rank 0 under Lightning's subprocess launcher), else ``[]``.
 
     Why private: the subprocess launcher keeps its children in ``procs`` and no public API lists them; sortednet
-    watches them so that a rank that dies ends the run instead of hanging its peers (:mod:`sortednet.ranks`).
+    watches them so that a rank that dies ends the run instead of hanging its peers (:mod:`sortednet.training.ranks`).
     """
     return list(getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or [])
 

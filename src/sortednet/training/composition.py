@@ -10,21 +10,25 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException, ValidationError
 
+from sortednet import cli
 from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
 
-CONF = Path(__file__).parent / "conf"  # the package's own configs (the repo's top-level conf/ links here)
+CONF = Path(__file__).parents[1] / "conf"  # the package's own configs (the repo's top-level conf/ links here)
 SWEEP_FLAGS = ("-m", "--multirun")
 
 
 def _help_template() -> str:
     """``--help``: Hydra's groups and composed config, with every key's type, default and docstring between."""
-    from sortednet.cli import describe
-
-    keys = describe(TrainConfig).replace("${", "\\${")  # a docstring is text, not an interpolation
+    keys = cli.describe(TrainConfig).replace("${", "\\${")  # a docstring is text, not an interpolation
     return "\n".join([
         "`python -m sortednet.train [overrides]`: fine-tune with SoFT, SFT, ICT or extracted, then report per exit.",
         "",
@@ -49,9 +53,6 @@ def training_options() -> dict[str, list[str]]:
 
 def compose(overrides: list[str]) -> TrainConfig:
     """The typed training config of ``overrides`` (no run directory: ``run_dir`` is a placeholder)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose("train", overrides=["run_dir=/tmp/unused", *overrides])
     return OmegaConf.to_object(cfg)
@@ -60,11 +61,6 @@ def compose(overrides: list[str]) -> TrainConfig:
 def compose_checked(overrides: list[str], command: str) -> TrainConfig:
     """:func:`compose`, with Hydra's and OmegaConf's refusals as one-line errors that name the key (and, for an
     unknown key, the closest known ones); ``command`` is the one whose ``--help`` lists the keys."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException, ValidationError
-
-    from sortednet import cli
-
     try:
         return compose(overrides)
     except (HydraException, OmegaConfBaseException) as error:
@@ -97,9 +93,6 @@ def check_command_line(argv: list[str]) -> None:
     before Hydra runs, starts a sweep or writes anything. Hydra's own flags (``--help``, ``--cfg``,
     ``--config-dir``, ...) and a ``hydra.searchpath`` leave the whole check to Hydra; other ``hydra.*`` overrides
     are Hydra's alone."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     if any(a.startswith("-") and a not in SWEEP_FLAGS for a in argv):
         return
     try:

@@ -8,11 +8,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sortednet.compat import rebuild_train_loader
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenized_split
+from sortednet.errors import SortedNetError
 from sortednet.hub import default_cache_dir
 from sortednet.loss import count_labels
+from sortednet.training.compat import rebuild_train_loader
 
 
 class GlobalOrderSampler(DistributedSampler):
@@ -84,8 +85,6 @@ class GlobalOrderSampler(DistributedSampler):
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
-        from sortednet.errors import SortedNetError
-
         if (state["seed"], state["size"]) != (self.seed, self.size):
             raise SortedNetError(
                 f"the checkpoint's data order (seed {state['seed']}, {state['size']} train rows) is not this run's "
@@ -183,7 +182,7 @@ class AlpacaDataModule(L.LightningDataModule):
         # batches trained on.
         if self.trainer is not None and self.trainer.training and self.train_sampler is not None:
             # The step's label tokens, for a loss that is one token mean over the whole optimizer step
-            # (sortednet.module.SortedModule._step_token_mean).
+            # (sortednet.training.module.SortedModule._step_token_mean).
             accumulate = self.trainer.accumulate_grad_batches
             tokens, step_end = self.train_sampler.step_of_next_batch(accumulate, self.train_label_counts)
             batch["step_label_tokens"], batch["step_end"] = tokens, step_end

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
 from sortednet.errors import SortedNetError
 from sortednet.tracking import wandb_credentials
 
@@ -15,12 +17,8 @@ def build_logger(settings: dict, run_dir: str, name: str, group: str | None, con
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
         return CSVLogger(save_dir=run_dir, name="csv", version="")
     if kind == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
         mode = settings.pop("mode", "auto")
         if mode not in ("auto", "online", "offline"):
             raise SortedNetError(f"logger.mode={mode!r}; use auto, online or offline")
@@ -41,8 +39,6 @@ def describe(logger) -> str:
     """Where the logs went, and for an offline W&B run the command that uploads it."""
     if not logger:
         return "no logger"
-    from lightning.pytorch.loggers import WandbLogger
-
     if isinstance(logger, WandbLogger):
         run = logger.experiment
         group = f" (group {run.group})" if run.group else ""
@@ -55,9 +51,7 @@ def describe(logger) -> str:
 
 def finish(logger) -> None:
     """Close a W&B run so that the next Hydra multirun job starts its own."""
-    from lightning.pytorch.loggers import WandbLogger
-
     if isinstance(logger, WandbLogger):
-        import wandb
+        import wandb  # lazy: slow to import, and only a W&B run (logger=wandb) needs it
 
         wandb.finish()

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Callable
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from sortednet.checkpoint import read_metadata, read_sorted_checkpoint
-from sortednet.compat import non_persistent_buffer_names
-from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
+from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
 from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
-from sortednet.lora import add_lora_, lora_state
+from sortednet.lora import lora_state
 from sortednet.loss import count_labels
-from sortednet.model import SortedLM, resolve_exits, truncate_layers_
+from sortednet.model import SortedLM
+from sortednet.objectives import (
+    apply_objective,
+    check_init_checkpoint,
+    check_objective,
+    load_sorted_checkpoint,
+    train_exits,
+)
 from sortednet.schedule import ExitSchedule
-
-log = logging.getLogger(__name__)
-OBJECTIVES = ("soft", "sft", "ict", "extracted")
+from sortednet.training.compat import non_persistent_buffer_names
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
@@ -40,11 +45,10 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int, min_lr_ratio: float)
 
 
 class SortedModule(L.LightningModule):
-    """Trains a :class:`~sortednet.model.SortedLM` with one of the objectives in :data:`OBJECTIVES`.
+    """Trains a :class:`~sortednet.model.SortedLM` with one of the objectives of :mod:`sortednet.objectives`.
 
     ``eval_exits`` (every exit of the set) are reported in validation whatever the objective;
-    ``train_exits`` are the exits the loss is taken at: all of them for soft, L for sft, the exits
-    below L for ict (exit L keeps the SFT head), and the kept layer count for extracted.
+    ``train_exits`` are the exits the loss is taken at (:func:`sortednet.objectives.train_exits`).
     """
 
     def __init__(
@@ -63,15 +67,7 @@ class SortedModule(L.LightningModule):
         compile_layers: bool = False,
     ):
         super().__init__()
-        if objective.name not in OBJECTIVES:
-            raise SortedNetError(f"unknown objective {objective.name!r}; use objective={'|'.join(OBJECTIVES)}")
-        if model.lora.rank and objective.name == "ict":
-            raise SortedNetError("objective=ict trains exit heads on a frozen decoder; drop model.lora.rank")
-        if objective.name == "ict" and not objective.init_from:
-            raise SortedNetError(
-                "objective=ict starts from an SFT checkpoint: pass objective.init_from=PATH.ckpt "
-                "(the last.ckpt of a run with objective=sft)"
-            )
+        check_objective(objective, model.lora)
         self.model_config, self.objective, self.loss_config = model, objective, loss or LossConfig()
         self.exit_spec, self.optimizer_factory = exits, optimizer
         self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
@@ -117,19 +113,9 @@ class SortedModule(L.LightningModule):
         return causal_lm
 
     def _objective_view(self, causal_lm: torch.nn.Module) -> tuple[SortedLM, list[int]]:
-        """``causal_lm`` wrapped, with the objective applied: truncation for extracted, a frozen decoder plus
-        new exit heads for ict. Returns the net and its exits."""
-        net = SortedLM(causal_lm.train())  # from_pretrained returns eval mode
-        exits = resolve_exits(self.exit_spec, net.num_layers)
-        if self.objective.name == "extracted":
-            keep = self.objective.layers or exits[(len(exits) - 1) // 2]
-            truncate_layers_(causal_lm, keep)
-            exits = [keep]
-        if self.objective.name == "ict":
-            net.requires_grad_(False)
-            net.add_exit_heads(exits)
-        if self.model_config.lora.rank:  # adapters only: the base weights, shared norm and head stay frozen
-            add_lora_(causal_lm, self.model_config.lora)
+        """``causal_lm`` with the objective applied (:func:`sortednet.objectives.apply_objective`), then this run's
+        activation checkpointing and compilation. Returns the net and its exits."""
+        net, exits = apply_objective(causal_lm, self.objective, self.exit_spec, self.model_config.lora)
         if self.activation_checkpointing:  # per decoder layer; non-reentrant, so FSDP2 hooks stay in order
             causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.compile_layers:
@@ -142,11 +128,8 @@ class SortedModule(L.LightningModule):
     def setup_net(self, causal_lm: torch.nn.Module) -> None:
         """Wrap ``causal_lm`` (weights loaded, or on the meta device) and apply the objective."""
         net, exits = self._objective_view(causal_lm)
-        name = self.objective.name
         self.net, self.eval_exits = net, exits
-        self.train_exits = {"soft": exits, "sft": exits[-1:], "ict": exits[:-1], "extracted": exits}[name]
-        if not self.train_exits:
-            raise SortedNetError("objective=ict needs at least one exit below the last layer in the exit set")
+        self.train_exits = train_exits(self.objective.name, exits)
         self.schedule = ExitSchedule(self.train_exits, self.loss_config)
         self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
         # agreement with the deepest exit (below it only): expected acceptance and greedy agreement per position
@@ -162,9 +145,6 @@ class SortedModule(L.LightningModule):
         a broadcast works on every backend (gloo on CPU included), where a per-rank load would need the
         whole checkpoint in every rank's memory.
         """
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-
         if isinstance(self.net, FSDPModule):  # configure_model runs again for validate/test
             return
         if self.net is None or not next(self.net.parameters()).is_meta:
@@ -345,35 +325,19 @@ def _rebuild_non_persistent_buffers(module: torch.nn.Module, device: torch.devic
             setattr(sub, name, getattr(fresh, name).to(getattr(sub, name).dtype))
 
 
-def check_init_checkpoint(net: SortedLM, path: str) -> dict:
-    """The metadata of the checkpoint ICT starts from (a ``.ckpt`` file or an FSDP checkpoint directory), checked
-    against ``net``'s shape without reading its weights; a one-line error if it cannot be ``net``'s."""
-    meta = read_metadata(path)
-    if meta["num_layers"] != net.num_layers or meta["hf_config"].get("hidden_size") != net.lm.config.hidden_size:
-        theirs = f"{meta['num_layers']} layers of width {meta['hf_config'].get('hidden_size')}"
-        ours = f"{net.num_layers} layers of width {net.lm.config.hidden_size}"
-        raise SortedNetError(
-            f"{path!r} holds a model of {theirs}, model.name_or_path one of {ours}; start from the same base model"
-        )
-    if meta.get("lora"):
-        raise SortedNetError(f"{path!r} holds LoRA adapters; ICT starts from a full fine-tune (objective=sft)")
-    return meta
-
-
-def load_sorted_checkpoint(net: SortedLM, path: str) -> dict:
-    """Load a checkpoint's weights (file or FSDP directory, read once on this process) into ``net``; returns its
-    metadata. The model shapes must match."""
-    meta = check_init_checkpoint(net, path)
-    if meta["objective"] != "sft":
-        log.warning(f"{path} was trained with objective={meta['objective']}; the paper's ICT starts from SFT")
-    state, _ = read_sorted_checkpoint(path)
-    prefix = "net."
-    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    state = {k: v for k, v in state.items() if not k.startswith("exit_heads.")}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise SortedNetError(
-            f"{path!r} does not fit model.name_or_path (other weights or shapes); start from the same base model"
-        ) from error
-    return meta
+def build_module(cfg: TrainConfig) -> SortedModule:
+    """The LightningModule of a run, before its weights are loaded (``configure_model``)."""
+    return SortedModule(
+        cfg.model,
+        cfg.objective,
+        cfg.loss,
+        exits=cfg.exits,
+        optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
+        warmup_steps=cfg.warmup_steps,
+        min_lr_ratio=cfg.min_lr_ratio,
+        cache_dir=cfg.cache_dir,
+        activation_checkpointing=cfg.strategy.activation_checkpointing,
+        mixed_precision=cfg.strategy.name == "fsdp" and str(cfg.trainer.get("precision")) == "bf16-mixed",
+        prompt_style=cfg.data.prompt_style,
+        compile_layers=bool(cfg.trainer.get("compile", False)),
+    )

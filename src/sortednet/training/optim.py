@@ -16,7 +16,7 @@ from sortednet.errors import SortedNetError
 
 def _bitsandbytes():
     try:
-        import bitsandbytes
+        import bitsandbytes  # lazy: an optional extra (sortednet[bnb]), needed by the 8-bit optimizers only
     except ImportError as error:
         raise SortedNetError(
             "8-bit optimizers need bitsandbytes, which is not installed; pip install 'sortednet[bnb]' "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sortednet.checkpoint import read_metadata as read
 from sortednet.config import TrainConfig, check_ranges
 from sortednet.errors import SortedNetError
 
@@ -60,8 +61,6 @@ def check_settings(cfg: TrainConfig) -> None:
 def read_metadata(ckpt: str) -> dict:
     """The ``sortednet`` metadata of ``ckpt_path`` (no weights read), with :mod:`sortednet.checkpoint`'s one-line
     errors naming the key."""
-    from sortednet.checkpoint import read_metadata as read
-
     try:
         return read(ckpt)
     except SortedNetError as error:
@@ -70,7 +69,7 @@ def read_metadata(ckpt: str) -> dict:
 
 def check_resume(cfg: TrainConfig, metadata: dict) -> None:
     """Refuse a ``ckpt_path`` whose model or objective differs from this run's (``metadata`` is the module's
-    :meth:`~sortednet.module.SortedModule.metadata` for this config); a distributed checkpoint needs fsdp."""
+    :meth:`~sortednet.training.module.SortedModule.metadata` for this config); a distributed checkpoint needs fsdp."""
     if Path(cfg.ckpt_path).expanduser().is_dir() and cfg.strategy.name != "fsdp":
         raise SortedNetError(
             f"ckpt_path {cfg.ckpt_path!r} is a distributed (sharded) checkpoint; resume it with strategy=fsdp"

@@ -25,7 +25,9 @@ import sys
 import threading
 import time
 
-from sortednet.compat import launched_rank_processes
+import torch.distributed as dist
+
+from sortednet.training.compat import launched_rank_processes
 
 POLL_S = 1.0
 PEER_DEATH_S = 1.0  # a dead peer's sockets close a moment before the kernel reports its death: wait that long
@@ -103,8 +105,6 @@ def _dead_peer(trainer, parent: int | None) -> str | None:
 @contextlib.contextmanager
 def watched(trainer):
     """Run the body (``trainer.fit``/``validate``) under the watchdog described in the module docstring."""
-    import torch.distributed as dist
-
     stop = threading.Event()
     parent = os.getppid() if _is_lightning_child() else None
     watchdog = threading.Thread(target=_watch, args=(trainer, stop, parent), daemon=True, name="sortednet-ranks")

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -112,8 +113,6 @@ def _or_exit(check):
 
 def save_run_config(run_dir: Path, task_config: DictConfig) -> None:
     """Write ``run_dir/.hydra/{config,hydra,overrides}.yaml`` as Hydra would have (rank 0 only)."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not is_first_rank() or not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()

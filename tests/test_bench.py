@@ -8,9 +8,10 @@ import pytest
 from transformers import AutoConfig
 
 from conftest import run_process
-from sortednet.bench import SHAPES, spread_exits
+from sortednet.benchmarks.train import SHAPES
 from sortednet.flops import body_flops, head_flops, train_step_flops
 from sortednet.hub import causal_lm_from_config
+from sortednet.schedule import spread_exits
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,10 @@ import pytest
 
 from conftest import save_tiny
 from sortednet.errors import SortedNetError
-from sortednet.eval import pandalm
+from sortednet.eval import pairwise, pandalm
 from sortednet.eval.exits import greedy_answers
-from sortednet.eval.pandalm import (
-    build_prompt,
-    judge_matrix,
-    judge_pair_sets,
-    load_judge,
-    parse_verdict,
-    plot_heatmap,
-    score,
-    write_matrix_csv,
-)
+from sortednet.eval.pairwise import judge_matrix, plot_heatmap, write_matrix_csv
+from sortednet.eval.pandalm import build_prompt, judge_pair_sets, load_judge, parse_verdict, score
 from sortednet.model import SortedLM
 
 ITEMS = [
@@ -272,7 +264,7 @@ def test_matrix_csv_has_the_grid_and_every_count(tmp_path):
     assert grid[2][1] == "nan" and grid[2][2] == ""  # nothing parsed; pair not judged
 
     rows = list(csv.DictReader(long_path.open()))
-    assert list(rows[0]) == list(pandalm.LONG_COLUMNS)
+    assert list(rows[0]) == list(pairwise.LONG_COLUMNS)
     assert [(r["row"], r["col"]) for r in rows] == [(c["row"], c["col"]) for c in CELLS]
     first = rows[0]
     assert (first["wins"], first["losses"], first["ties"], first["total"]) == ("5", "2", "2", "9")

@@ -33,8 +33,8 @@ class CalibrateConfig:
 
 
 def calibrate_cli(cfg: CalibrateConfig) -> None:
-    from sortednet.data.rows import check_rows, read_rows
-    from sortednet.embedded import make_rows
+    from sortednet.data.prompts import encode_prompts
+    from sortednet.data.rows import held_out_rows
     from sortednet.errors import SortedNetError
     from sortednet.inference.calibrate import calibrate
     from sortednet.inference.load import load_sorted, prompt_style_of
@@ -47,11 +47,8 @@ def calibrate_cli(cfg: CalibrateConfig) -> None:
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
     if len(meta["exits"]) < 2:
         raise SortedNetError(f"the checkpoint's exit set {meta['exits']} has no exit below the last layer")
-    # The embedded tasks with a seed training did not use; or the first rows of a user's validation file.
-    rows = make_rows(cfg.prompts, seed=3) if cfg.data == "embedded" else check_rows(read_rows(cfg.data), cfg.data)
-    rows = rows[: cfg.prompts]
-    style = prompt_style_of(meta, tokenizer)
-    prompts = [tokenizer(style.format(r["instruction"], r["input"]))["input_ids"] for r in rows]
+    rows = held_out_rows(cfg.data, cfg.prompts, seed=3)
+    prompts = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
     thresholds, table = calibrate(
         net, tokenizer, prompts, [r["output"] for r in rows], meta["exits"], cfg.max_drop, cfg.max_new_tokens
     )

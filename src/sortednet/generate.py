@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sortednet import cli
+from sortednet.data.prompts import encode_prompts
 from sortednet.errors import SortedNetError
 
 MODES = ("exit", "speculative", "dynamic")
@@ -172,12 +173,12 @@ def check_against_model(cfg: GenerateConfig, net, meta: dict) -> None:
             raise SortedNetError(f"thresholds {bad} are outside (0, 1]; each is a confidence in (0, 1]")
 
 
-def encode_prompts(cfg: GenerateConfig, pairs, tokenizer, net, meta) -> list[list[int]]:
+def prompt_ids(cfg: GenerateConfig, pairs, tokenizer, net, meta) -> list[list[int]]:
     """Token ids of each prompt, exactly as training tokenizes them; checked against the context window."""
     from sortednet.inference.load import prompt_style_of
 
-    style = prompt_style_of(meta, tokenizer)
-    ids = tokenizer([style.format(instruction, text) for instruction, text in pairs])["input_ids"]
+    rows = [{"instruction": instruction, "input": text} for instruction, text in pairs]
+    ids = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
     window = getattr(net.lm.config, "max_position_embeddings", None)
     if window:
         for index, prompt in enumerate(ids):
@@ -279,7 +280,7 @@ def generate(cfg: GenerateConfig) -> None:
     device = resolve_device(cfg.device)
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir, device)
     check_against_model(cfg, net, meta)
-    prompts = encode_prompts(cfg, pairs, tokenizer, net, meta)
+    prompts = prompt_ids(cfg, pairs, tokenizer, net, meta)
     if cfg.mode != "exit":
         tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta["exits"]))
     else:

@@ -25,6 +25,18 @@ EMBEDDED = "embedded"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_dtype(name: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """A dtype by name: float32 | bfloat16 | float16; with the ``device`` the model will run on, also ``auto``
+    (bfloat16 on CUDA, float32 elsewhere). A ``torch.dtype`` is returned as it is."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto" and device is not None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise SortedNetError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SORTEDNET_CACHE", Path.home() / ".cache" / "sortednet"))
 
@@ -133,22 +145,23 @@ def load_tokenizer(name_or_path: str, cache_dir=None):
     return _from_pretrained(AutoTokenizer, resolve(name_or_path, "tokenizer", cache_dir), "tokenizer")
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", cache_dir=None, quantization: str | None = None):
+def load_causal_lm(
+    name_or_path: str, dtype: str | torch.dtype = "float32", cache_dir=None, quantization: str | None = None
+):
     """A causal LM from a hub id or a local directory (``from_pretrained``, weights included).
 
     ``quantization="nf4"`` loads the decoder's linears in 4 bits on this process's CUDA device (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise SortedNetError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    weights = resolve_dtype(dtype)
     path = resolve(name_or_path, "model", cache_dir)
     extra = {}
     if quantization is not None:
         check_quantization(quantization, 1, torch.cuda.is_available())
-        compute = DTYPES[dtype] if DTYPES[dtype] != torch.float32 else torch.bfloat16
+        compute = weights if weights != torch.float32 else torch.bfloat16
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         extra = dict(quantization_config=nf4_config(compute), device_map={"": device})
-    model = _from_pretrained(AutoModelForCausalLM, path, "model", dtype=DTYPES[dtype], **extra)
+    model = _from_pretrained(AutoModelForCausalLM, path, "model", dtype=weights, **extra)
     if gguf_parts(path) is not None:
         _forget_gguf_quantization(model)
     return model
@@ -175,11 +188,10 @@ def causal_lm_from_config(architecture, dtype: str = "float32", device: str | to
     for plans, config tests and FSDP, which shards the empty model before loading its weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise SortedNetError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    weights = resolve_dtype(dtype)
     config = AutoConfig.for_model(**architecture) if isinstance(architecture, dict) else architecture
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+        return AutoModelForCausalLM.from_config(config, dtype=weights)
 
 
 # ---------------------------------------------------------------- 4-bit base weights (QLoRA)

@@ -20,6 +20,11 @@ from sortednet.errors import SortedNetError
 CURRICULA = ("none", "rotational", "gradual")
 
 
+def spread_exits(num_layers: int, k: int) -> list[int]:
+    """``k`` exits spread evenly over the depth, the last always included: 8 layers, k=2 -> [4, 8]."""
+    return sorted({round(num_layers * (i + 1) / k) for i in range(k)})
+
+
 class ExitSchedule:
     """The exits and weights of each step, for a sorted list of ``exits`` trained over ``total_steps``."""
 

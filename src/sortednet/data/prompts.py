@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sortednet.errors import SortedNetError
@@ -118,3 +119,9 @@ def get_prompt_style(name: str, tokenizer=None) -> PromptStyle | ChatStyle:
     if name not in PROMPT_STYLES:
         raise SortedNetError(f"unknown prompt style {name!r}; choose one of {sorted([*PROMPT_STYLES, CHAT])}")
     return PROMPT_STYLES[name]
+
+
+def encode_prompts(tokenizer, style: PromptStyle | ChatStyle, rows: Iterable[Mapping]) -> list[list[int]]:
+    """Token ids of each row's prompt (its ``instruction``, and ``input`` when it has one) in ``style``,
+    tokenized as training tokenizes prompts (the tokenizer's own special tokens, e.g. LLaMA's BOS, included)."""
+    return tokenizer([style.format(row["instruction"], row.get("input") or "") for row in rows])["input_ids"]

@@ -7,7 +7,9 @@ import json
 import logging
 from pathlib import Path
 
+from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
+from sortednet.hub import EMBEDDED
 from sortednet.io import read_text
 
 log = logging.getLogger(__name__)
@@ -104,3 +106,12 @@ def check_rows(rows: list, source: str) -> list[dict]:
     if not kept:
         raise SortedNetError(f"{source} has no row with a non-empty output; nothing to train on")
     return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in kept]
+
+
+def held_out_rows(data: str | None, count: int, seed: int, skip: int = 0) -> list[dict]:
+    """Up to ``count`` rows for measuring a trained model on: with ``data`` None or ``embedded``, fresh rows of
+    the embedded task families drawn with ``seed`` (training's rows are seed 0, so pick another); else rows
+    ``[skip, skip + count)`` of the user's Alpaca file ``data``, checked."""
+    if data in (None, EMBEDDED):
+        return make_rows(count, seed=seed)
+    return check_rows(read_rows(data), data)[skip : skip + count]

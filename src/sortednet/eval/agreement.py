@@ -22,11 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sortednet.data.rows import json_lines
 from sortednet.errors import SortedNetError
+from sortednet.eval.output import format_table, show_table
+from sortednet.eval.pandalm import judge_pair_sets, load_judge
+from sortednet.hub import default_cache_dir, resolve_dtype
+from sortednet.inference.load import resolve_device
+from sortednet.io import write_text_atomically
 
 LABELS = ("1", "2", "tie")  # the human classes; a judge can also be "unparseable"
 PREDICTED = (*LABELS, "unparseable")
@@ -47,8 +54,6 @@ def _label(value, where: str) -> str | None:
 
 
 def _read_json_records(path: Path, what: str) -> list[dict]:
-    from sortednet.data.rows import json_lines
-
     if not path.is_file():
         raise SortedNetError(f"{what} {str(path)!r} not found")
     text = path.read_text(encoding="utf-8")
@@ -62,8 +67,6 @@ def _read_json_records(path: Path, what: str) -> list[dict]:
 
 
 def default_testset(cache_dir=None) -> Path:
-    from sortednet.hub import default_cache_dir
-
     return Path(cache_dir or default_cache_dir()) / "pandalm" / TESTSET_FILE
 
 
@@ -177,8 +180,6 @@ def judge_verdicts(judge, tokenizer, pairs: Sequence[Mapping], batch_size: int, 
     """The judge's verdicts on ``pairs`` in both orders (suite=pandalm's prompt, decoding and parser): one record
     per pair, ``idx``, ``verdict``, ``verdict_swapped`` (in that order's own numbering; ``None`` when
     unparseable), ``raw``, ``raw_swapped`` — the verdict-file format :func:`read_verdicts` reads back."""
-    from sortednet.eval.pandalm import judge_pair_sets
-
     records = judge_pair_sets(
         judge, tokenizer, pairs, [p["response1"] for p in pairs], [p["response2"] for p in pairs],
         batch_size=batch_size, max_new_tokens=max_new_tokens, names=("response1", "response2"),
@@ -202,8 +203,6 @@ def judge_verdicts(judge, tokenizer, pairs: Sequence[Mapping], batch_size: int, 
 def report_path(judge: str, cache_dir=None) -> Path:
     """Where the agreement report of ``judge`` is kept: ``<cache>/judge_agreement/<key>.json`` with the key
     the hub id (``/`` as ``--``) or, for a local directory, its name plus a hash of its absolute path."""
-    from sortednet.hub import default_cache_dir
-
     local = Path(judge).expanduser()
     if local.exists():
         absolute = str(local.resolve())
@@ -219,14 +218,27 @@ def has_report(judge: str, cache_dir=None) -> bool:
     return judge == PUBLISHED_JUDGE or report_path(judge, cache_dir).is_file()
 
 
+def load_checked_judge(settings):
+    """``(judge, tokenizer)`` of the settings' ``judge`` on their ``device`` in ``judge_dtype``, with a warning
+    when its agreement with people was never measured."""
+    if not has_report(settings.judge, settings.cache_dir):
+        print(
+            f"sortednet: warning: judge {settings.judge} has no agreement report against human verdicts (none at "
+            f"{report_path(settings.judge, settings.cache_dir)}); measure it: suite=judge_agreement "
+            f"judge={settings.judge}",
+            file=sys.stderr,
+        )
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.judge_dtype, device)
+    return load_judge(settings.judge, device, dtype=dtype, cache_dir=settings.cache_dir)
+
+
 # ---------------------------------------------------------------- the suite's report
 
 
 def reference_verdicts(testset: Path, idx: set[int]) -> dict | None:
     """PandaLM-7B's published verdicts (``pandalm-7b-testset-v1.json`` beside the test set) on the pairs ``idx``,
     or None (with a note) when the file is absent."""
-    import sys
-
     file = testset.parent / REFERENCE_FILE
     if not file.is_file():
         print(
@@ -251,8 +263,6 @@ def report_rows(pairs: Sequence[Mapping], judged: Mapping[str, Mapping]) -> tupl
 
 
 def format_confusion(label: str, confusion: Mapping[str, Mapping[str, int]]) -> str:
-    from sortednet.eval.output import format_table
-
     rows = [{"human \\ judge": human, **counts} for human, counts in confusion.items()]
     return format_table(rows, ["human \\ judge", *PREDICTED], f"confusion matrix, {label}")
 
@@ -281,3 +291,39 @@ def plot_confusions(confusions: Mapping[str, Mapping[str, Mapping[str, int]]]):
         axis.set_title(label, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=judge_agreement: the judge's (or a verdict file's) agreement with PandaLM's human majority, beside
+    PandaLM-7B's -> ``judge_agreement.csv/json/png``, ``judge_agreement_verdicts.jsonl``; a full run of a judge
+    also keeps its report in the cache, where suite=pandalm looks it up."""
+    pairs = read_labelled_pairs(settings.data, settings.cache_dir)[: settings.limit]
+    idx = {p["idx"] for p in pairs}
+    if settings.verdicts:
+        label = Path(settings.verdicts).name
+        verdicts = {i: v for i, v in read_verdicts(settings.verdicts).items() if i in idx or settings.limit is None}
+    else:
+        label = settings.judge
+        judge, tokenizer = load_checked_judge(settings)
+        records = judge_verdicts(judge, tokenizer, pairs, settings.batch_size, settings.judge_max_new_tokens)
+        out.jsonl("judge_agreement_verdicts", records)
+        verdicts = {r["idx"]: (r["verdict"], r["verdict_swapped"], True) for r in records}
+    judged = {label: verdicts}
+    testset = Path(settings.data).expanduser() if settings.data else default_testset(settings.cache_dir)
+    reference = reference_verdicts(testset, set(verdicts))
+    if reference is not None:
+        judged[f"{PUBLISHED_JUDGE} (published)"] = reference
+    table, confusions = report_rows(pairs, judged)
+    report = {"testset": str(testset), "rows": table, "confusion": confusions}
+    out.table("judge_agreement", table)
+    out.json("judge_agreement", report)
+    out.figure("judge_agreement", plot_confusions(confusions))
+    if not settings.verdicts and settings.limit is None:
+        kept = report_path(settings.judge, settings.cache_dir)
+        write_text_atomically(kept, json.dumps({"judge": settings.judge, **report}, indent=2) + "\n")
+        print(f"agreement report of {settings.judge} kept at {kept}", file=sys.stderr)
+    columns = ["judge", "orders", "pairs", "accuracy", "macro_f1", "inconsistent_share", "unparseable_share"]
+    show_table(table, columns, "agreement with the human majority (ties as a class)")
+    for name, confusion in confusions.items():
+        print(format_confusion(name, confusion), flush=True)
+    return table

@@ -17,6 +17,7 @@ last layer).
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,11 @@ import torch.nn.functional as F
 
 from sortednet.data.alpaca import pad_id
 from sortednet.errors import SortedNetError
+from sortednet.eval.checkpoints import requested_exits
+from sortednet.eval.generation import encode, read_instructions
+from sortednet.eval.output import show_table
+from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
+from sortednet.io import write_file_atomically, write_text_atomically
 from sortednet.model import SortedLM
 
 FIELDS = ("exit", "position", "kl", "cosine", "n")
@@ -158,14 +164,13 @@ def exit_similarity(
 
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """The rows as CSV (columns in first-seen order: exit, position, kl, cosine, n, then any added ones)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row)) or list(FIELDS)
-    with path.open("w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, text.getvalue())
+    return Path(path)
 
 
 def plot_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -205,8 +210,36 @@ def plot_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    try:
+        write_file_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(figure)
+    return Path(path)
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=analysis: the exits of checkpoint 1 against its own last layer, and against the last layer of
+    checkpoint 2 when given -> ``analysis.csv/png``."""
+    if len(paths) > 2:
+        raise SortedNetError(f"suite=analysis compares one checkpoint with its own or a second one; got {len(paths)}")
+    items = read_instructions(settings.instructions, settings.limit, settings.cache_dir)
+    device = resolve_device(settings.device)
+    net, tokenizer, meta = load_sorted(paths[0], settings.cache_dir, device)
+    exits = requested_exits(settings, meta, names[0])
+    prompts = encode(items, tokenizer, prompt_style_of(meta, tokenizer), net, settings.positions)
+    common = dict(positions=settings.positions, batch_size=settings.batch_size)
+    table = [
+        {"label": f"vs {names[0]}@{net.num_layers}", **row}
+        for row in exit_similarity(net, tokenizer, prompts, exits, **common)
+    ]
+    if len(paths) == 2:
+        other, other_tokenizer, _ = load_sorted(paths[1], settings.cache_dir, device)
+        rows = exit_similarity(net, tokenizer, prompts, exits, reference=(other, other_tokenizer), **common)
+        table += [{"label": f"vs {names[1]}@{other.num_layers}", **row} for row in rows]
+    table = [{"name": names[0], **row} for row in table]
+    out.table("analysis", table)
+    title = f"exits of {names[0]} vs last layers, {len(items)} prompts"
+    out.image("analysis", plot_curves(table, out.path("analysis.png"), title=title))
+    first = [r for r in table if r["position"] == 0]
+    show_table(first, ["label", "exit", "kl", "cosine", "n"], "KL and cosine at the first generated position")
+    return table

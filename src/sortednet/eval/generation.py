@@ -30,9 +30,12 @@ from pathlib import Path
 
 import torch
 
+from sortednet.data.prompts import encode_prompts
 from sortednet.data.rows import json_lines
 from sortednet.errors import SortedNetError
+from sortednet.eval.checkpoints import each_checkpoint
 from sortednet.eval.exits import exact_match, greedy_ids
+from sortednet.eval.output import plot_per_exit, show_table
 from sortednet.io import write_text_atomically
 from sortednet.metrics import rouge_l
 
@@ -159,7 +162,7 @@ def reusable(path: Path, settings: dict) -> tuple[list[dict], dict] | None:
 
 def encode(items: list[dict], tokenizer, style, net, max_new_tokens: int) -> list[list[int]]:
     """Prompt ids as training tokenizes them; prompts that do not fit the context window are an error."""
-    ids = tokenizer([style.format(item["instruction"], item["input"]) for item in items])["input_ids"]
+    ids = encode_prompts(tokenizer, style, items)
     window = getattr(net.lm.config, "max_position_embeddings", None)
     if window:
         too_long = [i for i, p in enumerate(ids) if len(p) + max_new_tokens > window]
@@ -240,3 +243,51 @@ def generate_answers(
     write_text_atomically(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     write_text_atomically(meta_path(path), json.dumps(info, indent=2) + "\n")
     return lines, info, False
+
+
+def generate_all(settings, paths: list[str], names: list[str], out, items: list[dict]) -> dict[tuple[str, int], tuple]:
+    """``(lines, info, reused)`` of every (checkpoint, exit)'s answer file in the run directory ``out``, reused
+    where valid; keyed by (name, exit)."""
+    done = {}
+    for ckpt in each_checkpoint(settings, paths, names):
+        for e in ckpt.exits:
+            lines, info, reused = generate_answers(
+                ckpt.net, ckpt.tokenizer, ckpt.meta, ckpt.name, e, items, out.root, settings.max_new_tokens,
+                settings.batch_size,
+            )  # fmt: skip
+            what = "reused" if reused else f"{info['seconds']:.1f} s"
+            print(f"{ckpt.name} exit {e}: {answers_path(out.root, ckpt.name, e)} ({what})", file=sys.stderr)
+            done[(ckpt.name, e)] = (lines, info, reused)
+    return done
+
+
+# What suite=generate reports of each answer file's info, in its table's order.
+REPORTED = ("instructions", "seconds", "answer_tokens", "ms_per_token", "mean_answer_tokens", "eos_share")
+PANELS = [
+    ("ms_per_token", "ms per answer token"),
+    ("mean_answer_tokens", "mean answer length (tokens)"),
+    ("eos_share", "share of answers ending on EOS"),
+    ("rouge_l", "ROUGE-L F vs reference"),
+    ("exact_match", "exact match"),
+]
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=generate: answer files of every exit, and their timing and quality -> ``generate.csv/png``."""
+    items = read_instructions(settings.instructions, settings.limit, settings.cache_dir)
+    table = [
+        {
+            "name": name,
+            "exit": e,
+            **{key: info[key] for key in REPORTED},
+            "exact_match": info.get("exact_match"),
+            "rouge_l": info.get("rouge_l"),
+            "reused": reused,
+        }
+        for (name, e), (_, info, reused) in generate_all(settings, paths, names, out, items).items()
+    ]
+    out.table("generate", table)
+    out.figure("generate", plot_per_exit(table, PANELS, "greedy answers per exit"))
+    columns = ["name", "exit", "instructions", "ms_per_token", "mean_answer_tokens", "eos_share", "rouge_l"]
+    show_table(table, [*columns, "exact_match", "reused"], f"greedy answers (max_new_tokens={settings.max_new_tokens})")
+    return table

@@ -16,10 +16,13 @@ import difflib
 import functools
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from sortednet.errors import SortedNetError
+from sortednet.eval.checkpoints import each_checkpoint
+from sortednet.eval.output import plot_per_exit, show_table
 
 STDERR = "_stderr"
 KEPT = ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
@@ -99,3 +102,28 @@ def main_metrics(results: dict) -> dict[str, str]:
         if names:
             chosen[task] = names[0]
     return chosen
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=lm_eval: lm-eval's tasks on every exit of every checkpoint -> an exit x task table
+    (``lm_eval.csv``), lm-eval's result dicts (``lm_eval.json``) and a plot."""
+    manager = task_manager(settings.include_path)  # lm-eval and the tasks are checked before a model loads
+    tasks = check_tasks(manager, settings.tasks or [])
+    table, results = [], {}
+    for ckpt in each_checkpoint(settings, paths, names):
+        for e in ckpt.exits:
+            result = evaluate_exit(
+                ckpt.net, ckpt.tokenizer, e, tasks, manager,
+                num_fewshot=settings.num_fewshot, limit=settings.limit, batch_size=settings.batch_size,
+            )  # fmt: skip
+            results.setdefault(ckpt.name, {})[str(e)] = result
+            table.append({"name": ckpt.name, "exit": e, **table_row(result)})
+            print(f"{ckpt.name} exit {e}: lm-eval done", file=sys.stderr)
+    out.table("lm_eval", table)
+    used = {"tasks": tasks, "num_fewshot": settings.num_fewshot, "limit": settings.limit}
+    out.json("lm_eval", {**used, "include_path": settings.include_path, "results": results})
+    metrics = main_metrics(next(iter(next(iter(results.values())).values())))
+    panels = [(f"{task}/{metric}", f"{task}: {metric}") for task, metric in metrics.items()]
+    out.figure("lm_eval", plot_per_exit(table, panels, "lm-evaluation-harness per exit"))
+    show_table(table, ["name", "exit", *(key for key, _ in panels)], "lm-evaluation-harness per exit")
+    return table

@@ -6,13 +6,18 @@ The loss of an exit is the token mean of its cross-entropy over every response t
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import torch
 
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
 from sortednet.data.rows import check_rows
 from sortednet.data.triviaqa import training_rows  # TriviaQA files become question -> answer rows, as in training
+from sortednet.eval.checkpoints import each_checkpoint
+from sortednet.eval.generation import checkpoint_stamp
+from sortednet.eval.output import plot_per_exit, show_table
 from sortednet.loss import count_labels
 
 EMBEDDED = "embedded"
@@ -72,3 +77,56 @@ def loss_suite(net, tokenizer, meta: dict, exits: list[int], data: str, batch_si
     rows = validation_rows(data, tokenizer, meta.get("prompt_style", "alpaca"), **rows_kwargs)
     values = per_exit_loss(net, rows, exits, pad_id(tokenizer), batch_size)
     return [{"exit": e, **values[e], "rows": len(rows)} for e in exits]
+
+
+def loss_settings(settings, ckpt_path: str) -> dict:
+    """What a checkpoint's per-exit loss depends on, recorded in ``loss.csv`` so ``suite=pareto metric=loss``
+    in the same ``out`` reads it instead of computing it again."""
+    data = settings.data or EMBEDDED
+    return {
+        "data": data,
+        "data_stamp": checkpoint_stamp(data) if Path(data).expanduser().is_file() else "",
+        "max_length": settings.max_length,
+        "limit": "" if settings.limit is None else settings.limit,
+        "ckpt": ckpt_path,
+        "ckpt_stamp": checkpoint_stamp(ckpt_path),
+    }
+
+
+def checkpoint_losses(settings, ckpt) -> list[dict]:
+    """One row per exit of the loaded checkpoint ``ckpt`` (:func:`loss_suite` with the command's settings)."""
+    return loss_suite(
+        ckpt.net, ckpt.tokenizer, ckpt.meta, ckpt.exits, settings.data or EMBEDDED, settings.batch_size,
+        max_length=settings.max_length, cache_dir=settings.cache_dir, limit=settings.limit,
+    )  # fmt: skip
+
+
+def recorded_loss(root: Path, settings: dict, exits: list[int]) -> dict[int, float] | None:
+    """``{exit: loss}`` from ``loss.csv`` in ``root`` when suite=loss wrote every exit asked for under the same
+    settings (rows, max_length, limit, the checkpoint and data files unchanged); else None."""
+    path = root / "loss.csv"
+    if not path.is_file():
+        return None
+    wanted = {key: str(value) for key, value in settings.items()}
+    with path.open(encoding="utf-8") as handle:
+        found = {
+            int(record["exit"]): float(record["loss"])
+            for record in csv.DictReader(handle)
+            if all(record.get(key) == value for key, value in wanted.items())
+        }
+    return {e: found[e] for e in exits} if all(e in found for e in exits) else None
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=loss: every exit of every checkpoint -> ``loss.csv`` (with :func:`loss_settings`), ``loss.png``."""
+    data = settings.data or EMBEDDED
+    table = []
+    for ckpt in each_checkpoint(settings, paths, names):
+        table += [
+            {"name": ckpt.name, **row, **loss_settings(settings, ckpt.path)}
+            for row in checkpoint_losses(settings, ckpt)
+        ]
+    out.table("loss", table)
+    out.figure("loss", plot_per_exit(table, [("loss", "validation loss (response tokens)")], f"per-exit loss, {data}"))
+    show_table(table, ["name", "exit", "loss", "ppl", "tokens", "rows"], f"per-exit loss on {data}")
+    return table

@@ -14,10 +14,11 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sortednet.io import write_file_atomically, write_text_atomically
+from sortednet.tables import markdown_table
 
 
 def free_path(path: Path) -> Path:
@@ -41,8 +42,12 @@ def csv_text(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
+def json_lines_text(records: Iterable[dict]) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, title: str = "") -> str:
-    """Fixed-width text: right-aligned columns, floats with 4 significant digits, missing cells as ``-``."""
+    """``rows`` as a Markdown table: floats with 4 significant digits, missing cells as ``-``."""
     if not rows:
         return title
     columns = list(columns or dict.fromkeys(key for row in rows for key in row))
@@ -56,12 +61,12 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, tit
             return f"{value:.4g}"
         return str(value)
 
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = [title] if title else []
-    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+    return markdown_table(columns, [[cell(row.get(c)) for c in columns] for row in rows], title)
+
+
+def show_table(rows: Sequence[dict], columns: Sequence[str], title: str) -> None:
+    """A suite's table on stdout (its files hold the same rows)."""
+    print(format_table(rows, columns, title), flush=True)
 
 
 class RunDir:
@@ -72,7 +77,8 @@ class RunDir:
         self.root = Path(root).expanduser()  # created with the first result, so a failed run leaves nothing
         self.wandb_run = wandb_run
 
-    def _target(self, name: str) -> Path:
+    def path(self, name: str) -> Path:
+        """Where the result file ``name`` goes: ``root/name``, or the first free ``name-N`` beside it."""
         self.root.mkdir(parents=True, exist_ok=True)
         wanted = self.root / name
         path = free_path(wanted)
@@ -82,7 +88,7 @@ class RunDir:
 
     def table(self, name: str, rows: Sequence[dict]) -> Path:
         """``rows`` as ``<name>.csv`` (and a W&B table of that name)."""
-        path = self._target(f"{name}.csv")
+        path = self.path(f"{name}.csv")
         write_text_atomically(path, csv_text(rows))
         self.log_table(name, rows)
         return path
@@ -97,15 +103,21 @@ class RunDir:
             self.wandb_run.log({f"eval/{name}/table": wandb.Table(columns=columns, data=data)})
 
     def json(self, name: str, data) -> Path:
-        path = self._target(f"{name}.json")
+        path = self.path(f"{name}.json")
         write_text_atomically(path, json.dumps(data, indent=2) + "\n")
+        return path
+
+    def jsonl(self, name: str, records: Iterable[dict]) -> Path:
+        """``records`` as JSON Lines, ``<name>.jsonl``."""
+        path = self.path(f"{name}.jsonl")
+        write_text_atomically(path, json_lines_text(records))
         return path
 
     def figure(self, name: str, figure) -> Path:
         """A matplotlib figure as ``<name>.png`` (and a W&B image); the figure is closed."""
         import matplotlib.pyplot as plt
 
-        path = self._target(f"{name}.png")
+        path = self.path(f"{name}.png")
         try:
             write_file_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
         finally:

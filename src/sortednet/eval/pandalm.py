@@ -13,16 +13,11 @@ Score of answer set A against answer set B (as in the SoFT paper): ``(wins - los
 
 from __future__ import annotations
 
-import csv
-import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 from sortednet.errors import SortedNetError
-
-log = logging.getLogger(__name__)
 
 # The two headers of the released judge's prompt (the training format; the judge relies on it verbatim).
 HEADER_WITH_INPUT = (
@@ -37,19 +32,6 @@ HEADER_WITHOUT_INPUT = (
 # from responses before judging.
 SPECIAL_MARKERS = ("<s>", "</s>", "<unk>", "<pad>", "[PAD]", "[UNK]", "<|endoftext|>")
 OUTCOMES = ("win", "loss", "tie", "unparseable")
-ROW_AXIS, COL_AXIS = "model A exit", "model B exit"
-LONG_COLUMNS = (
-    "row",
-    "col",
-    "score",
-    "wins",
-    "losses",
-    "ties",
-    "total",
-    "unparseable",
-    "judgements",
-    "unparseable_rate",
-)
 
 
 def _clean_response(text: str) -> str:
@@ -134,7 +116,7 @@ def score(outcomes: Iterable[str | Mapping]) -> dict:
     }
 
 
-def _check_items(items: Sequence[Mapping]) -> list[Mapping]:
+def check_items(items: Sequence[Mapping]) -> list[Mapping]:
     if not items:
         raise SortedNetError(
             "the instruction set is empty; give at least one {instruction, input} record (PandaLM's test set has 170)"
@@ -150,7 +132,7 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _answer_texts(answers: Sequence[str | Mapping], items: Sequence[Mapping], name: str) -> list[str]:
+def answer_texts(answers: Sequence[str | Mapping], items: Sequence[Mapping], name: str) -> list[str]:
     """The answer strings of one answer set, checked against the instruction set.
 
     Records (as ``evaluate suite=generate`` writes them) must answer the same instruction (and input, when
@@ -231,9 +213,9 @@ def judge_pair_sets(
     ``order`` (``"ab"``: A is Response 1; ``"ba"``: B is Response 1), ``instruction``, ``input``, ``raw``
     (the judge's text), ``verdict`` (:func:`parse_verdict`) and ``outcome`` (for A, see :func:`outcome`).
     """
-    items = _check_items(items)
-    texts_a = _answer_texts(answers_a, items, names[0])
-    texts_b = _answer_texts(answers_b, items, names[1])
+    items = check_items(items)
+    texts_a = answer_texts(answers_a, items, names[0])
+    texts_b = answer_texts(answers_b, items, names[1])
     prompts = []
     for item, a, b in zip(items, texts_a, texts_b, strict=True):
         instruction, input_ = item["instruction"], item.get("input") or ""
@@ -257,48 +239,6 @@ def judge_pair_sets(
     return records
 
 
-def judge_matrix(
-    judge,
-    tokenizer,
-    items: Sequence[Mapping],
-    rows: Mapping[str, Sequence[str | Mapping]],
-    cols: Mapping[str, Sequence[str | Mapping]],
-    *,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-) -> list[dict]:
-    """Judge every row answer set (model A) against every column answer set (model B).
-
-    ``rows`` and ``cols`` map labels (free strings such as ``"soft@4"``, ``"sft@8"``) to answer sets as
-    :func:`judge_pair_sets` takes them; all sets are checked against ``items`` before any judging. Returns
-    one record per (row, col), rows outer, in the mappings' order: ``row``, ``col``, the :func:`score`
-    keys (from the row's side: score > 0 means the row's answers won more often) and ``details``, the
-    :func:`judge_pair_sets` records of that pair.
-    """
-    items = _check_items(items)
-    if not rows or not cols:
-        raise SortedNetError("the judge matrix needs at least one row and one column answer set")
-    for label, answers in [*rows.items(), *cols.items()]:
-        _answer_texts(answers, items, label)
-    matrix = []
-    for row, answers_a in rows.items():
-        for col, answers_b in cols.items():
-            records = judge_pair_sets(
-                judge,
-                tokenizer,
-                items,
-                answers_a,
-                answers_b,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                names=(row, col),
-            )
-            cell = {"row": row, "col": col, **score(records), "details": records}
-            log.info("judged %s vs %s: score %.3f (%d unparseable)", row, col, cell["score"], cell["unparseable"])
-            matrix.append(cell)
-    return matrix
-
-
 def load_judge(path_or_id: str, device="cpu", *, dtype: str = "float32", cache_dir=None):
     """The judge model (eval mode, on ``device``) and its tokenizer, ready for left-padded batches.
 
@@ -319,71 +259,3 @@ def load_judge(path_or_id: str, device="cpu", *, dtype: str = "float32", cache_d
     tokenizer.padding_side = "left"
     judge = load_causal_lm(path_or_id, dtype=dtype, cache_dir=cache_dir).to(device).eval()
     return judge, tokenizer
-
-
-def _grid(records: Sequence[Mapping]) -> tuple[list[str], list[str], dict[tuple[str, str], float]]:
-    if not records:
-        raise SortedNetError("no judge matrix records to write; judge at least one pair of answer sets")
-    rows = list(dict.fromkeys(r["row"] for r in records))
-    cols = list(dict.fromkeys(r["col"] for r in records))
-    return rows, cols, {(r["row"], r["col"]): r["score"] for r in records}
-
-
-def write_matrix_csv(records: Sequence[Mapping], path: str | Path, long_path: str | Path | None = None):
-    """Write the judge matrix as two CSV files; return ``(grid_path, long_path)``.
-
-    ``path``: the score grid, one line per row label (model A) and one column per column label (model B),
-    labels in first-seen order, the header's first cell ``model A exit \\ model B exit``; a pair missing
-    from ``records`` is an empty cell. ``long_path`` (default ``<path stem>_long.csv`` beside ``path``): one
-    line per record with the columns :data:`LONG_COLUMNS` (all counts). Floats are written in full (``nan``
-    where nothing parsed).
-    """
-    rows, cols, scores = _grid(records)
-    path = Path(path)
-    long_path = Path(long_path) if long_path is not None else path.with_name(f"{path.stem}_long.csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    long_path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([f"{ROW_AXIS} \\ {COL_AXIS}", *cols])
-        for row in rows:
-            writer.writerow([row, *(scores.get((row, col), "") for col in cols)])
-    with long_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LONG_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
-    return path, long_path
-
-
-def plot_heatmap(records: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
-    """A heatmap PNG of the judge matrix: rows are model A's answer sets, columns model B's, each cell
-    coloured and labelled with A's score against B (diverging colormap centred at 0 over [-1, 1]; a pair
-    missing from ``records`` or with no parseable verdict is grey, labelled ``n/a``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows, cols, scores = _grid(records)
-    values = np.array([[scores.get((row, col), math.nan) for col in cols] for row in rows], dtype=float)
-    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="lightgrey")
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.7 * len(rows)), layout="constrained")
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1.0, vmax=1.0, aspect="auto")
-    for i, j in np.ndindex(values.shape):
-        value = values[i, j]
-        text = "n/a" if math.isnan(value) else f"{value:+.2f}"
-        colour = "white" if abs(value) > 0.6 else "black"
-        ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
-    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel(COL_AXIS)
-    ax.set_ylabel(ROW_AXIS)
-    if title:
-        ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="score = (wins - losses) / total")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

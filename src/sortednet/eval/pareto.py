@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
+
+from sortednet.errors import SortedNetError
+from sortednet.eval import pairwise
+from sortednet.eval.checkpoints import each_checkpoint
+from sortednet.eval.generation import generate_all, read_instructions
+from sortednet.eval.loss import checkpoint_losses, loss_settings, recorded_loss
+from sortednet.eval.output import show_table
+from sortednet.inference.latency import latency_profile
 
 # metric -> whether a higher value is better
 METRICS = {"exact_match": True, "loss": False, "pandalm": True}
@@ -75,3 +84,56 @@ def plot_pareto(table: list[dict], metric: str, cost_label: str = "ms per token 
     axis.grid(alpha=0.3)
     axis.legend()
     return figure
+
+
+def _quality(settings, paths: list[str], names: list[str], out) -> dict[tuple[str, int], float]:
+    """``{(name, exit): quality}`` of the metrics that do not need the checkpoints loaded one by one here."""
+    if settings.metric == "pandalm":
+        return pairwise.mean_scores(out.root)
+    if settings.metric != "exact_match":
+        return {}
+    items = read_instructions(settings.instructions, settings.limit, settings.cache_dir)
+    if not all("reference" in item for item in items):
+        raise SortedNetError(
+            "metric=exact_match needs instructions with reference outputs; pass instructions=FILE with an "
+            "'output' per row (e.g. instructions=embedded), or use metric=loss"
+        )
+    return {key: info["exact_match"] for key, (_, info, _) in generate_all(settings, paths, names, out, items).items()}
+
+
+def pareto_points(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """(name, exit, ms_per_token, quality) for every exit of every checkpoint."""
+    quality = _quality(settings, paths, names, out)
+    costs: dict[tuple[str, int], float] = {}
+    for ckpt in each_checkpoint(settings, paths, names):
+        if settings.metric == "loss":
+            recorded = recorded_loss(out.root, loss_settings(settings, ckpt.path), ckpt.exits)
+            if recorded:
+                print(f"{ckpt.name}: loss read from {out.root}/loss.csv (suite=loss, same settings)", file=sys.stderr)
+            else:
+                recorded = {row["exit"]: row["loss"] for row in checkpoint_losses(settings, ckpt)}
+            quality.update({(ckpt.name, e): loss for e, loss in recorded.items()})
+        device = next(ckpt.net.parameters()).device
+        # only the exits asked for are timed (the cache beside the checkpoint then holds those)
+        subset = {**ckpt.meta, "exits": ckpt.exits}
+        profile, where, cached = latency_profile(ckpt.path, ckpt.net, ckpt.tokenizer, subset, device)
+        print(f"{ckpt.name}: ms/token {'cached in' if cached else 'measured, saved to'} {where}", file=sys.stderr)
+        for e in ckpt.exits:
+            costs[(ckpt.name, e)] = profile[e]
+    points = []
+    for (name, e), cost in costs.items():
+        if (name, e) not in quality:
+            raise SortedNetError(f"no {settings.metric} for {name} exit {e}; run suite=pandalm with it among the rows")
+        points.append({"name": name, "exit": e, "ms_per_token": cost, settings.metric: quality[(name, e)]})
+    return points
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=pareto: quality against measured ms/token of every exit, with each checkpoint's Pareto frontier
+    -> ``pareto.csv/png``."""
+    table = pareto_table(pareto_points(settings, paths, names, out), settings.metric)
+    out.table("pareto", table)
+    out.figure("pareto", plot_pareto(table, settings.metric))
+    columns = ["name", "exit", "ms_per_token", settings.metric, "on_frontier", "on_global_frontier"]
+    show_table(table, columns, f"{settings.metric} against ms/token (greedy, batch 1)")
+    return table

@@ -6,14 +6,18 @@ newline (models that go on after the answer, e.g. with a next ``Question:``, are
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from sortednet.data.prompts import encode_prompts
+from sortednet.data.triviaqa import read_triviaqa
 from sortednet.errors import SortedNetError
+from sortednet.eval.checkpoints import each_checkpoint
+from sortednet.eval.output import json_lines_text, plot_per_exit, show_table
+from sortednet.io import write_text_atomically
 
 _PUNCTUATION = set(string.punctuation) | set("‘’´`“”")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -83,8 +87,8 @@ def question_prompts(tokenizer, meta: dict, records: Sequence[dict]) -> list[lis
     (the tokenizer's own special tokens, e.g. LLaMA's BOS, included)."""
     from sortednet.inference.load import prompt_style_of
 
-    style = prompt_style_of(meta, tokenizer)
-    return tokenizer([style.format(r["question"].strip()) for r in records])["input_ids"]
+    questions = [{"instruction": r["question"].strip()} for r in records]
+    return encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), questions)
 
 
 def evaluate_exits(
@@ -129,10 +133,28 @@ def evaluate_exits(
 
 def write_predictions(results: Sequence[dict], path: str | Path) -> Path:
     """The per-question predictions of :func:`evaluate_exits` as JSON Lines, one line per (exit, question)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for result in results:
-            for example in result["examples"]:
-                out.write(json.dumps({"exit": result["exit"], **example}, ensure_ascii=False) + "\n")
-    return path
+    lines = [{"exit": result["exit"], **example} for result in results for example in result["examples"]]
+    write_text_atomically(path, json_lines_text(lines))
+    return Path(path)
+
+
+def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
+    """suite=triviaqa: closed-book exact match and F1 per exit -> ``triviaqa.csv/png``,
+    ``triviaqa_predictions.jsonl``."""
+    if not settings.data:
+        raise SortedNetError("suite=triviaqa needs data=PATH: a TriviaQA file (question + answer aliases) or hub id")
+    questions = read_triviaqa(settings.data)[: settings.limit]
+    table, results = [], []
+    for ckpt in each_checkpoint(settings, paths, names):
+        for result in evaluate_exits(
+            ckpt.net, ckpt.tokenizer, ckpt.meta, questions, ckpt.exits,
+            max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+        ):  # fmt: skip
+            results.append({**result, "examples": [{"ckpt": ckpt.name, **x} for x in result["examples"]]})
+            table.append({"name": ckpt.name, **{k: v for k, v in result.items() if k != "examples"}})
+    write_predictions(results, out.path("triviaqa_predictions.jsonl"))
+    out.table("triviaqa", table)
+    panels = [("em_cased", "exact match (cased, any alias)"), ("em", "exact match (normalised)"), ("f1", "F1")]
+    out.figure("triviaqa", plot_per_exit(table, panels, f"closed-book TriviaQA, {len(questions)} questions"))
+    show_table(table, ["name", "exit", "em_cased", "em", "f1", "n"], "closed-book TriviaQA per exit")
+    return table

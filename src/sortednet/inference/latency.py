@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sortednet.data.prompts import encode_prompts
 from sortednet.errors import SortedNetError
 from sortednet.io import write_text_atomically
 
@@ -52,7 +53,7 @@ def measure_latency(net, tokenizer, meta: dict, device: torch.device) -> dict[in
     from sortednet.inference.decode import generate_batch
     from sortednet.inference.load import prompt_style_of
 
-    prompt = tokenizer(prompt_style_of(meta, tokenizer).format(PROFILE_INSTRUCTION))["input_ids"]
+    (prompt,) = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), [{"instruction": PROFILE_INSTRUCTION}])
     times: dict[int, list[float]] = {e: [] for e in meta["exits"]}
     # Rounds over all exits rather than all runs of one exit, then the next: a slow spell of the machine
     # (clock ramp-up, a neighbour's job) then spreads over every exit instead of inflating one.

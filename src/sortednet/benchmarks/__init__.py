@@ -1,0 +1,1 @@
+"""What SoFT costs to train and what its exits buy at decoding time (the measurements of `sortednet.bench`)."""

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 
 from sortednet.errors import SortedNetError
 
@@ -85,8 +86,6 @@ def _read_distributed_model(path: Path) -> dict[str, torch.Tensor]:
     """The model's full tensors from a distributed checkpoint, in this one process (no process group): only
     ``state_dict.*`` is read, never the optimizer states (2-3x the weights). The tensors are allocated from the
     checkpoint's own metadata and filled by ``torch.distributed.checkpoint.load``, which reassembles the shards."""
-    import torch.distributed.checkpoint as dcp
-
     reader = dcp.FileSystemReader(str(path))
     prefix = f"{MODEL_KEY}."
     state = {

@@ -27,11 +27,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from sortednet import cli
 from sortednet.checkpoint import read_sorted_checkpoint
 from sortednet.data.prompts import template_record
 from sortednet.errors import SortedNetError
-from sortednet.hub import DTYPES
+from sortednet.hub import DTYPES, load_tokenizer
 from sortednet.inference.load import PROMPT_STYLE_FILE, build_model, prompt_style_of
 from sortednet.io import check_new_dir, write_dir_atomically
 
@@ -64,8 +66,6 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
     state, meta = read_sorted_checkpoint(cfg.ckpt)
     lm, heads = build_model(state, meta, cfg.ckpt, DTYPES[cfg.dtype] if cfg.dtype else None, cfg.cache_dir)
     del state
-    from sortednet.hub import load_tokenizer
-
     tokenizer = load_tokenizer(meta["tokenizer"], cfg.cache_dir)
     num_layers = meta["num_layers"]
     style = prompt_style_of(meta, tokenizer)
@@ -85,8 +85,6 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
     }
 
     def write(tmp: Path) -> None:
-        from safetensors.torch import save_file
-
         lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         template = template_record(lm.config.sortednet["prompt_style"], style)

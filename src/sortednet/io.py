@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from sortednet.errors import SortedNetError
+
 IfExists = Literal["replace", "keep", "refuse"]
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -98,16 +100,12 @@ def _temporary_dir(target: Path, key: str | None) -> Path:
     except OSError as error:
         if key is None:
             raise
-        from sortednet.errors import SortedNetError
-
         raise SortedNetError(
             f"cannot create {key}={str(target)!r} ({error.strerror}); pick a writable {key}=DIR"
         ) from error
 
 
 def _rename_into_empty(tmp: Path, target: Path, key: str) -> None:
-    from sortednet.errors import SortedNetError
-
     appeared = SortedNetError(f"{key}={str(target)!r} appeared while it was written; nothing was written there")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise appeared
@@ -189,8 +187,6 @@ def _umask() -> int:
 
 def read_bytes(path: Path, what: str) -> bytes:
     """The bytes of the user's file ``path`` (``what`` names it, e.g. "data file"); a one-line error if unreadable."""
-    from sortednet.errors import SortedNetError
-
     try:
         return path.read_bytes()
     except OSError as error:
@@ -200,8 +196,6 @@ def read_bytes(path: Path, what: str) -> bytes:
 def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of the user's file ``path`` (:func:`read_bytes`); a one-line error for a file that cannot
     be read, is binary (not UTF-8) or is empty."""
-    from sortednet.errors import SortedNetError
-
     data = read_bytes(path, what)
     try:
         text = data.decode("utf-8")
@@ -218,8 +212,6 @@ def check_creatable_dir(path: Path, key: str) -> None:
     """One-line error unless ``path`` is a directory or can be made one: checked on its nearest existing
     ancestor, before any work (an ``out=`` under a file or a read-only directory fails at once, not after a
     model was loaded)."""
-    from sortednet.errors import SortedNetError
-
     fix = f"pick another: {key}=DIR"
     if path.exists() and not path.is_dir():
         raise SortedNetError(f"{key}={str(path)!r} is a file, not a directory; {fix}")
@@ -235,8 +227,6 @@ def check_creatable_dir(path: Path, key: str) -> None:
 def check_new_dir(path: Path, key: str) -> None:
     """One-line error unless ``path`` is absent or an empty directory, and can be created: the target of a
     ``write_dir_atomically(..., if_exists="refuse")``, checked before any work."""
-    from sortednet.errors import SortedNetError
-
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         what = "a non-empty directory" if path.is_dir() else "a file"
         raise SortedNetError(

@@ -24,13 +24,14 @@ from torch import nn
 
 from sortednet.config import LoraConfig
 from sortednet.errors import SortedNetError
+from sortednet.hub import load_causal_lm
 
 ADAPTER_KEYS = (".lora_A.", ".lora_B.")
 
 
 def peft_lora_config(settings: LoraConfig):
     """Our knobs as a ``peft.LoraConfig`` (a causal-LM adapter, written as such into adapter_config.json)."""
-    import peft
+    import peft  # lazy, here and below: PEFT imports transformers and accelerate, and only LoRA runs need it
 
     return peft.LoraConfig(
         r=settings.rank,
@@ -69,8 +70,6 @@ def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def adapted_base(adapters: dict[str, torch.Tensor], meta: dict, source: str, cache_dir=None):
     """The PeftModel of a LoRA checkpoint: its base (``meta["model"]``, fp32) with its adapters (``adapters``,
     keyed as in the causal LM's state dict) loaded and checked to fit."""
-    from sortednet.hub import load_causal_lm
-
     lm = load_causal_lm(meta["model"], "float32", cache_dir)
     peft_model = add_lora_(lm, LoraConfig(**meta["lora"]))
     expected = set(lora_state(lm))

@@ -22,6 +22,7 @@ from sortednet.data.prompts import get_prompt_style
 from sortednet.data.rows import check_rows
 from sortednet.data.triviaqa import training_rows
 from sortednet.errors import SortedNetError
+from sortednet.hub import resolve
 from sortednet.io import read_bytes, write_dir_atomically
 from sortednet.loss import IGNORE_INDEX
 
@@ -90,8 +91,6 @@ def load_tokenized(
 def tokenized_split(config, tokenizer, cache_dir: str | os.PathLike):
     """The tokenized data set of a :class:`~sortednet.config.DataConfig` and its seeded (train, validation)
     indices: what training uses, and what evaluation rebuilds to find the same validation rows."""
-    from sortednet.hub import resolve
-
     path = resolve(config.path, "data.json", cache_dir)
     dataset = load_tokenized(path, tokenizer, config.prompt_style, config.max_length, config.mask_prompt, cache_dir)
     return (dataset, *split(len(dataset), config.val_size, config.seed, config.max_train_samples))

@@ -20,7 +20,7 @@ import re
 
 from sortednet.data.rows import read_rows
 from sortednet.errors import SortedNetError
-from sortednet.hub import looks_local
+from sortednet.hub import hub_reachable, looks_local
 
 DEFAULT_HUB_ID = "mandarjoshi/trivia_qa"
 DEFAULT_CONFIG = "unfiltered.nocontext"
@@ -57,8 +57,6 @@ def read_triviaqa(source: str, split: str = "validation", config: str = DEFAULT_
 
 def _read_hub(hub_id: str, split: str, config: str) -> list[dict]:
     import datasets
-
-    from sortednet.hub import hub_reachable
 
     if not hub_reachable():
         raise SortedNetError(

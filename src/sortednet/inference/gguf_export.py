@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 
@@ -114,8 +115,6 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _add_weight(writer, name: str, weight: np.ndarray, dtype: str) -> None:
-    import gguf
-
     if weight.ndim == 1 or dtype == "float32":  # norms stay float32 whatever the file type (llama.cpp does so too)
         writer.add_tensor(name, np.ascontiguousarray(weight, dtype=np.float32))
     elif dtype == "float16":
@@ -135,8 +134,6 @@ def write_gguf(
 
     ``tokenizer_gguf``: the GGUF file the tokenizer came from, whose ``tokenizer.*`` keys are copied as they are.
     ``sortednet``: provenance written under ``sortednet.<key>`` (ints and strings)."""
-    import gguf
-
     config = lm.config
     check_exportable(config, dtype)
     writer = gguf.GGUFWriter(str(path), ARCHITECTURE)
@@ -187,8 +184,6 @@ def write_gguf(
 
 def copy_tokenizer_keys(writer, source: str, vocab_size: int) -> None:
     """Every ``tokenizer.*`` key of the GGUF file ``source``, with its value type, into ``writer``."""
-    import gguf
-
     reader = gguf.GGUFReader(source)
     fields = {name: field for name, field in reader.fields.items() if name.startswith("tokenizer.")}
     tokens = fields.get("tokenizer.ggml.tokens")
@@ -220,8 +215,6 @@ def _pre_tokenizer_name(pre_tokenizer: dict | None) -> str:
 
 def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     """A Hugging Face fast byte-level BPE tokenizer as llama.cpp's ``gpt2`` tokenizer record."""
-    import gguf
-
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise SortedNetError(f"the GGUF writer reads fast tokenizers; {type(tokenizer).__name__} is not one")

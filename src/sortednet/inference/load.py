@@ -20,9 +20,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from sortednet.checkpoint import read_checkpoint
 from sortednet.data.prompts import CHAT, ChatStyle, PromptStyle, get_prompt_style
 from sortednet.errors import SortedNetError
+from sortednet.hub import load_tokenizer
+from sortednet.lora import adapted_base
 from sortednet.model import SortedLM
 
 REQUIRED_META = ("exits", "num_layers", "hf_config", "tokenizer")
@@ -120,15 +124,10 @@ def build_model(
 def _merged_lora_state(adapters: dict, meta: dict, source: str, cache_dir) -> dict[str, torch.Tensor]:
     """The base model's weights (``meta["model"]``, loaded in fp32) with a LoRA checkpoint's adapters merged
     by PEFT (``merge_and_unload``: plain linears again)."""
-    from sortednet.lora import adapted_base
-
     return adapted_base(adapters, meta, source, cache_dir).merge_and_unload().state_dict()
 
 
 def _load_lightning(path: Path, cache_dir):
-    from sortednet.checkpoint import read_checkpoint
-    from sortednet.hub import load_tokenizer
-
     checkpoint = read_checkpoint(str(path))
     meta = dict(checkpoint["sortednet"])
     lm, head_state = build_model(checkpoint["state_dict"], meta, str(path), cache_dir=cache_dir)
@@ -144,8 +143,6 @@ def _load_lightning(path: Path, cache_dir):
 
 def _load_exported(path: Path):
     from transformers import AutoModelForCausalLM
-
-    from sortednet.hub import load_tokenizer
 
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -174,8 +171,6 @@ def _load_exported(path: Path):
     source_exits = [int(e) for e in entry.get("exits") or [k]]
     heads = sorted(int(e) for e in entry.get("exit_heads") or [])
     if entry.get("exit_heads_file"):  # a consolidated ICT model: its own heads sit beside the weights
-        from safetensors.torch import load_file
-
         net.add_exit_heads(heads)
         try:
             net.exit_heads.load_state_dict(load_file(path / entry["exit_heads_file"]), strict=True)

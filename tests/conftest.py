@@ -170,7 +170,9 @@ def main_in_process(module: str, argv: list[str], capsys) -> tuple[int, str, str
         with warnings.catch_warnings():  # the run's own warning filters end with it
             # runpy's note that the module was imported before (by an earlier test) is no news here
             warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
-            runpy.run_module(module, run_name="__main__")
+            # alter_sys: the module is sys.modules["__main__"] while it runs, as under `python -m`, so the type
+            # hints of its config dataclasses resolve in its own namespace
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exit_:
         code = exit_.code

@@ -149,14 +149,15 @@ def export_gguf(cfg: ExportConfig, out: Path, loaded: tuple | None = None) -> Pa
 
 def export(cfg: ExportConfig) -> Path:
     """Write sub-model ``cfg.exit`` of ``cfg.ckpt`` to ``cfg.out``; returns the directory."""
+    # the value's type first, as the typed keys of every command are checked before anything else
+    if cfg.exit is not None and cfg.exit != "all" and (isinstance(cfg.exit, bool) or not isinstance(cfg.exit, int)):
+        raise SortedNetError(f"exit={cfg.exit!r} is not a valid int (a layer count) or all; give e.g. exit=4")
     if not cfg.ckpt:
         raise SortedNetError("no checkpoint given; pass ckpt=PATH.ckpt (written by sortednet.train)")
     if not cfg.out:
         raise SortedNetError("no output directory given; pass out=DIR (a new or empty directory)")
     if cfg.format not in ("auto", "hf", "gguf"):
         raise SortedNetError(f"unknown format {cfg.format!r}; use hf, gguf or auto")
-    if cfg.exit is not None and cfg.exit != "all" and (isinstance(cfg.exit, bool) or not isinstance(cfg.exit, int)):
-        raise SortedNetError(f"exit={cfg.exit!r} is not a valid int (a layer count) or all; give e.g. exit=4")
     out = Path(cfg.out).expanduser().absolute()
     if cfg.format == "gguf" or (cfg.format == "auto" and out.suffix == ".gguf"):
         return export_gguf(cfg, out)

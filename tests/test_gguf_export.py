@@ -260,3 +260,31 @@ def test_an_exit_gguf_as_llama_cpp_s_draft_model_is_lossless(exported):
     plain = generate_greedy(open_gguf(exported / "exit_4.gguf", n_ctx=128), ids, 16)
     draft = exit_draft(exported / "exit_2.gguf", num_pred_tokens=3, n_ctx=128)
     assert generate_greedy(open_gguf(exported / "exit_4.gguf", n_ctx=128, draft_model=draft), ids, 16) == plain
+
+
+@needs_llama_cpp
+def test_bench_generate_llama_cpp_rows(ckpt, capsys):
+    """`bench generate llamacpp=[...]`: every exit as GGUF in llama.cpp (the deployment table), then llama.cpp's
+    speculative decoding with exit 2 as the draft, whose output must be the full model's."""
+    from sortednet import bench
+
+    argv = ["generate", f"ckpt={ckpt}", "llamacpp=[float32]", "pytorch=false", "prompts=2", "max_new_tokens=6",
+            "draft_exits=[2]", "threads=1"]  # fmt: skip
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| float32")]
+    assert [r[1] for r in rows] == ["2", "4"]
+    assert rows[1][4] == "1.00" and rows[1][5] == "1.00"  # the full model against itself
+    assert float(rows[0][5]) > 1.0  # exit 2 does fewer multiply-adds a token than exit 4
+    modes = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in out.splitlines()
+             if line.startswith(("| plain", "| prompt lookup", "| draft exit 2"))}  # fmt: skip
+    assert modes == {"plain": "yes", "prompt lookup": "yes", "draft exit 2": "yes"}
+
+
+def test_bench_generate_llama_cpp_bad_input_is_one_line(ckpt, capsys):
+    from sortednet import bench
+
+    code = bench.main(["generate", f"ckpt={ckpt}", "llamacpp=[q4_k]"])
+    one_line_error(code, capsys.readouterr().err, "llamacpp=['q4_k']", "q8_0")
+    code = bench.main(["generate", f"ckpt={ckpt}", "pytorch=false"])
+    one_line_error(code, capsys.readouterr().err, "pytorch=false leaves no rows")

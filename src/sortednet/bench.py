@@ -13,19 +13,23 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import torch
 
 from sortednet import cli
+from sortednet.benchmarks import llamacpp
 from sortednet.benchmarks.generate import (
     bench_generate,
     bench_generate_batches,
     format_batch_table,
     format_generate_table,
+    measured_and_calibration_rows,
 )
 from sortednet.benchmarks.train import IMPLS, OPTIMIZERS, PRECISIONS, SHAPES, bench_train, format_table
+from sortednet.data.prompts import encode_prompts
 from sortednet.errors import SortedNetError
-from sortednet.inference.load import resolve_device
+from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
 
 
 @dataclass
@@ -106,6 +110,17 @@ class BenchGenerateConfig:
     batch_size: list[int] | None = None
     """A sweep of batch sizes such as [1,4,16] (HF generate, plain batched greedy, speculative, dynamic);
     null: the modes one prompt at a time."""
+    llamacpp: list[str] | None = None
+    """GGUF dtypes of the llama.cpp rows, e.g. [q8_0] or [float32,q8_0]: every exit written as a GGUF file and
+    decoded by llama.cpp at batch 1 (needs the llamacpp extra), then llama.cpp's speculative decoding with the
+    draft_exits as drafts; null: no llama.cpp rows."""
+    quality: str | None = None
+    """An evaluation directory (sortednet.evaluate's out, with loss.csv / generate.csv) whose held-out loss and
+    ROUGE-L of this checkpoint (name: the checkpoint's file stem, or quality_name) fill the llama.cpp table."""
+    quality_name: str | None = None
+    """The checkpoint's name in the quality directory (the names= given to sortednet.evaluate)."""
+    pytorch: bool = True
+    """false: the llama.cpp rows only (no PyTorch decoding modes)."""
 
 
 def check_train(cfg: BenchTrainConfig) -> None:
@@ -133,6 +148,10 @@ def check_generate(cfg: BenchGenerateConfig) -> None:
         raise SortedNetError(f"prompts={cfg.prompts} and max_new_tokens={cfg.max_new_tokens} must be at least 1")
     if cfg.batch_size is not None and (not cfg.batch_size or any(b < 1 for b in cfg.batch_size)):
         raise SortedNetError(f"batch_size={cfg.batch_size} takes batch sizes >= 1, e.g. batch_size=[1,4,16]")
+    if cfg.llamacpp is not None:
+        llamacpp.check_dtypes(cfg.llamacpp)
+    elif not cfg.pytorch:
+        raise SortedNetError("pytorch=false leaves no rows; add llamacpp=[q8_0] or drop pytorch=false")
 
 
 def _generate_header(args, argv: list[str]) -> str:
@@ -152,9 +171,34 @@ def run_train(cfg: BenchTrainConfig, argv: list[str]) -> None:
     print(format_table(rows, with_mfu=cfg.peak_tflops is not None))
 
 
+def run_llamacpp(cfg: BenchGenerateConfig) -> None:
+    """The llama.cpp tables (``llamacpp=[...]``): every exit per dtype, then speculative decoding in llama.cpp."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    net, tokenizer, meta = load_sorted(cfg.ckpt)
+    rows = measured_and_calibration_rows(cfg.data, cfg.prompts)[0]
+    prompts = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
+    name = cfg.quality_name or Path(cfg.ckpt).stem
+    quality = llamacpp.read_quality(cfg.quality, name)
+    exits, threads = meta["exits"], cfg.threads
+    new_tokens = cfg.max_new_tokens
+    table = llamacpp.deployment_rows(net, tokenizer, exits, prompts, new_tokens, cfg.llamacpp, threads, quality)
+    print(f"# llama.cpp, batch 1, greedy, {new_tokens} tokens per prompt (end of sequence ignored), {len(prompts)} "
+          f"prompts, {threads or 'all'} threads; quality: {cfg.quality or 'none given'} ({name})")  # fmt: skip
+    print(llamacpp.format_deployment(table))
+    drafts = cfg.draft_exits or exits[:-1]
+    dtype = cfg.llamacpp[-1]
+    spec = llamacpp.speculative_rows(net, tokenizer, exits, drafts, prompts, cfg.max_new_tokens, dtype, threads)
+    print(llamacpp.format_speculative(spec, dtype))
+
+
 def run_generate(cfg: BenchGenerateConfig, argv: list[str]) -> None:
     check_generate(cfg)
     cli.quiet_transformers()
+    if cfg.llamacpp:
+        run_llamacpp(cfg)
+    if not cfg.pytorch:
+        return
     if cfg.batch_size:
         rows = bench_generate_batches(cfg)
         print(_generate_header(cfg, argv))

@@ -80,12 +80,17 @@ def test_loss_suite_equals_a_direct_exit_losses_pass(ckpts, rows_file, tmp_path,
     pairs = zip(columns["input_ids"], columns["labels"], strict=True)
     batch = Collator(pad_id(tokenizer))([{"input_ids": i, "labels": labels} for i, labels in pairs])
     with torch.no_grad():
-        _, direct = net.exit_losses(batch["input_ids"], batch["attention_mask"], batch["labels"], [2, 4, 6, 8])
+        direct, agreement = net.exit_metrics(batch["input_ids"], batch["attention_mask"], batch["labels"], [2, 4, 6, 8])
     tokens = int((batch["labels"][:, 1:] != -100).sum())
     for row in table:
         assert float(row["loss"]) == pytest.approx(float(direct[int(row["exit"])]), rel=1e-5)
         assert float(row["ppl"]) == pytest.approx(math.exp(float(row["loss"])), rel=1e-9)
         assert int(row["tokens"]) == tokens and int(row["rows"]) == 6
+        # agreement with exit 8 at the same positions: expected acceptance and greedy agreement, 1 at exit 8 itself
+        accept, agree = agreement.get(int(row["exit"]), (tokens, tokens))
+        assert float(row["accept"]) == pytest.approx(float(accept) / tokens, rel=1e-4)
+        assert float(row["agree"]) == pytest.approx(float(agree) / tokens, rel=1e-9)
+    assert float(table[-1]["accept"]) == float(table[-1]["agree"]) == 1.0
 
     # A second run into the same directory keeps the first result and writes loss-2.csv beside it.
     before = (out / "loss.csv").read_text()
@@ -103,11 +108,13 @@ def test_per_exit_loss_batches_rows_of_similar_length():
             self.weight = torch.nn.Parameter(torch.zeros(1))
             self.widths = []
 
-        def exit_losses(self, input_ids, attention_mask, labels, exits):
+        num_layers = 1
+
+        def exit_metrics(self, input_ids, attention_mask, labels, exits):
             self.widths.append(input_ids.shape[1])
             per_row = (labels[:, 1:] != -100).sum(1).float()  # a "loss" that is the row's length
             mean = float(input_ids[:, :1].float().mul(per_row[:, None]).sum() / per_row.sum())
-            return None, {e: torch.tensor(mean) for e in exits}
+            return {e: torch.tensor(mean) for e in exits}, {}
 
     lengths = [3, 20, 4, 19, 5, 18]
     rows = [{"input_ids": [n] * n, "labels": [-100] + [1] * (n - 1)} for n in lengths]

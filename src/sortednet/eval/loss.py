@@ -47,13 +47,17 @@ def validation_rows(
 
 @torch.no_grad()
 def per_exit_loss(net, rows: list[dict], exits: list[int], pad: int, batch_size: int = 8) -> dict[int, dict]:
-    """``{exit: {"loss", "ppl", "tokens"}}``: the token-mean cross-entropy of each exit over ``rows``.
+    """``{exit: {"loss", "ppl", "accept", "agree", "tokens"}}``: the token-mean cross-entropy of each exit over
+    ``rows``, and its agreement with the model's last exit at the same positions (the expected acceptance of a
+    speculative draft and the greedy agreement, :func:`sortednet.loss.exit_agreement`; 1 at the last exit).
 
     Batches are cut from the rows sorted by length, so a batch pads to nearly its own rows' length (on Alpaca
     rows of <= 256 tokens this halves the positions computed); a token mean does not depend on the order."""
     device = next(net.parameters()).device
     collate = Collator(pad)
-    sums = dict.fromkeys(exits, 0.0)
+    measured = sorted({*exits, net.num_layers})
+    sums = dict.fromkeys(measured, 0.0)
+    accepted, agreed = dict.fromkeys(measured, 0.0), dict.fromkeys(measured, 0.0)
     tokens = 0
     rows = sorted(rows, key=lambda row: len(row["input_ids"]))
     for start in range(0, len(rows), batch_size):
@@ -61,14 +65,18 @@ def per_exit_loss(net, rows: list[dict], exits: list[int], pad: int, batch_size:
         n = count_labels(batch["labels"])
         if n == 0:
             continue
-        _, losses = net.exit_losses(batch["input_ids"], batch["attention_mask"], batch["labels"], exits)
-        for e in exits:
+        losses, agreement = net.exit_metrics(batch["input_ids"], batch["attention_mask"], batch["labels"], measured)
+        for e in measured:
             sums[e] += float(losses[e]) * n
+            accept, agree = agreement.get(e, (n, n))
+            accepted[e] += float(accept)
+            agreed[e] += float(agree)
         tokens += n
     result = {}
     for e in exits:
         loss = sums[e] / tokens if tokens else float("nan")
-        result[e] = {"loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf"), "tokens": tokens}
+        result[e] = {"loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf")}
+        result[e] |= {"accept": accepted[e] / max(tokens, 1), "agree": agreed[e] / max(tokens, 1), "tokens": tokens}
     return result
 
 
@@ -128,5 +136,5 @@ def run(settings, paths: list[str], names: list[str], out) -> list[dict]:
         ]
     out.table("loss", table)
     out.figure("loss", plot_per_exit(table, [("loss", "validation loss (response tokens)")], f"per-exit loss, {data}"))
-    show_table(table, ["name", "exit", "loss", "ppl", "tokens", "rows"], f"per-exit loss on {data}")
+    show_table(table, ["name", "exit", "loss", "ppl", "accept", "agree", "tokens", "rows"], f"per-exit loss on {data}")
     return table

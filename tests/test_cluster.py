@@ -170,12 +170,17 @@ def _validation_end_on_rank(rank: int, port: int, queue) -> None:
         eval_exits=[2, 4],
         device=torch.device("cpu"),
         val_loss={"2": MeanMetric(), "4": MeanMetric()},
+        val_accept={"2": MeanMetric()},  # agreement with the last exit: exits below it only
+        val_agree={"2": MeanMetric()},
         trainer=SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce)),
         log=lambda key, value, **_: logged.__setitem__(key, float(value)),
     )
+    stub._compute = lambda metric: SortedModule._compute(stub, metric)
     if rank == 0:
         stub.val_loss["2"].update(torch.tensor(2.0), weight=3)
         stub.val_loss["4"].update(torch.tensor(1.0), weight=3)
+        stub.val_accept["2"].update(torch.tensor(0.25), weight=3)
+        stub.val_agree["2"].update(torch.tensor(0.5), weight=3)
     SortedModule.on_validation_epoch_end(stub)
     queue.put((rank, logged))
     dist.destroy_process_group()
@@ -206,3 +211,5 @@ def test_validation_end_is_collective_when_one_rank_had_no_label_tokens():
     for rank in (0, 1):
         assert results[rank]["val/loss_exit_2"] == pytest.approx(2.0)
         assert results[rank]["val/loss"] == results[rank]["val/loss_exit_4"] == pytest.approx(1.0)
+        assert results[rank]["val/accept_exit_2"] == pytest.approx(0.25)
+        assert results[rank]["val/agree_exit_2"] == pytest.approx(0.5)

@@ -17,8 +17,10 @@ def test_calibrate_prints_thresholds_and_its_table(ckpts, capsys):
     values = [float(v) for v in line.removeprefix("thresholds=[").removesuffix("]").split(",")]
     shared = set(values) - {1.0}  # 1.0: an exit whose head does not pay is not tried
     assert len(values) == 3 and len(shared) <= 1 and shared <= set(GRID)
-    tried = [row for row in err.splitlines()[1:] if row.strip()]
-    assert 1 <= len(tried) <= len(GRID) and float(tried[0].split()[0]) == GRID[0]
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in err.splitlines() if line.startswith("|")]
+    assert table[0] == ["threshold", "exact_match", "(full)", "= full output", "mean exit", "exits tried"]
+    tried = table[2:]  # under the header and its rule
+    assert 1 <= len(tried) <= len(GRID) and float(tried[0][0]) == GRID[0]
 
 
 @pytest.mark.parametrize(("argv", "message"), [(["prompts=3"], "no checkpoint"), (["ckpt=/no/such.ckpt"], "not found")])

@@ -20,7 +20,7 @@ from sortednet import evaluate
 from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
 from sortednet.embedded import make_rows
-from sortednet.eval.exits import greedy_answers, greedy_ids
+from sortednet.eval.exits import format_report, greedy_answers, greedy_ids
 from sortednet.eval.pareto import pareto_frontier, pareto_table
 from sortednet.inference.load import load_sorted, prompt_style_of
 
@@ -435,3 +435,18 @@ def test_rouge_l_is_the_f_measure_of_the_longest_common_subsequence():
     assert rouge_l(["The cat sat.", "cats sitting"], ["the cat sat on the mat", "cat sit"]) == pytest.approx(
         [2 / 3, 1.0]
     )
+
+
+def test_the_per_exit_report_is_a_markdown_table():
+    """`sortednet.train`'s closing table: the columns a report has, integers as they are, the rest to 3 decimals."""
+    report = [
+        {"exit": 2, "layers": 2, "params_M": 0.5093, "val_loss": 0.0441, "val_ppl": 1.045, "exact_match": 0.97},
+        {"exit": 4, "layers": 4, "params_M": 0.878, "val_loss": 0.0333, "val_ppl": 1.034, "exact_match": 1.0},
+    ]
+    assert format_report(report, title="objective=soft, exits=[2, 4]").splitlines() == [
+        "objective=soft, exits=[2, 4]",
+        "| exit | layers | params_M | val_loss | val_ppl | exact_match |",
+        "|---|---|---|---|---|---|",
+        "| 2 | 2 | 0.509 | 0.044 | 1.045 | 0.970 |",
+        "| 4 | 4 | 0.878 | 0.033 | 1.034 | 1.000 |",
+    ]

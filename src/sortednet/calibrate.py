@@ -13,6 +13,12 @@ import sys
 from dataclasses import dataclass
 
 from sortednet import cli
+from sortednet.data.prompts import encode_prompts
+from sortednet.data.rows import held_out_rows
+from sortednet.errors import SortedNetError
+from sortednet.inference.calibrate import calibrate
+from sortednet.inference.load import load_sorted, prompt_style_of
+from sortednet.tables import markdown_table
 
 
 @dataclass
@@ -33,32 +39,32 @@ class CalibrateConfig:
 
 
 def calibrate_cli(cfg: CalibrateConfig) -> None:
-    from sortednet.data.prompts import encode_prompts
-    from sortednet.data.rows import held_out_rows
-    from sortednet.errors import SortedNetError
-    from sortednet.inference.calibrate import calibrate
-    from sortednet.inference.load import load_sorted, prompt_style_of
-
     cli.quiet_transformers()
     if not cfg.ckpt:
         raise SortedNetError("no checkpoint; pass ckpt=PATH.ckpt")
     if cfg.prompts < 1 or not 0 <= cfg.max_drop < 1:
         raise SortedNetError("prompts must be >= 1 and max_drop in [0, 1)")
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
-    if len(meta["exits"]) < 2:
+    if len(meta.exits) < 2:
         raise SortedNetError(f"the checkpoint's exit set {meta['exits']} has no exit below the last layer")
     rows = held_out_rows(cfg.data, cfg.prompts, seed=3)
     prompts = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
     thresholds, table = calibrate(
-        net, tokenizer, prompts, [r["output"] for r in rows], meta["exits"], cfg.max_drop, cfg.max_new_tokens
+        net, tokenizer, prompts, [r["output"] for r in rows], meta.exits, cfg.max_drop, cfg.max_new_tokens
     )
-    print("threshold  exact_match  (full)  = full output  mean exit  exits tried", file=sys.stderr)
-    for row in table:
-        print(
-            f"{row['threshold']:>9}  {row['exact_match']:>11.3f}  {row['full_exact_match']:.3f}  "
-            f"{row['agreement']:>13.3f}  {row['mean_exit']:>9.2f}  {row['exits']}",
-            file=sys.stderr,
+    header = ("threshold", "exact_match", "(full)", "= full output", "mean exit", "exits tried")
+    cells = [
+        (
+            row["threshold"],
+            f"{row['exact_match']:.3f}",
+            f"{row['full_exact_match']:.3f}",
+            f"{row['agreement']:.3f}",
+            f"{row['mean_exit']:.2f}",
+            row["exits"],
         )
+        for row in table
+    ]
+    print(markdown_table(header, cells), file=sys.stderr)
     print(f"thresholds=[{','.join(str(t) for t in thresholds)}]")
 
 

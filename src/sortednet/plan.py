@@ -30,6 +30,7 @@ from sortednet.flops import train_step_flops
 from sortednet.hub import DTYPES, causal_lm_from_config, load_config
 from sortednet.loss import CHUNK_ELEMENTS
 from sortednet.objectives import apply_objective, check_objective, train_exits
+from sortednet.tables import markdown_table
 from sortednet.training.composition import compose_checked, training_options
 from sortednet.training.preflight import check_settings
 from sortednet.training.strategy import world_size
@@ -131,27 +132,21 @@ def verdicts(result: dict) -> dict[str, str]:
 
 def format_plan(result: dict, settings: PlanConfig) -> str:
     full, checkpointed = totals(result)
-    lines = [
-        f"parameters {result['params']:,} (trainable {result['trainable']:,}); FSDP over {result['devices']} GPUs, "
-        f"precision {result['precision']}, optimizer {'AdamW 8-bit' if result['eight_bit'] else 'AdamW'}; "
-        f"micro-batch {result['micro_batch']} x {result['seq']} tokens",
-        "",
-        f"| {'per GPU':<32} | {'GiB':>8} |",
-        f"|{'-' * 34}|{'-' * 10}|",
-    ]
-    lines += [f"| {k:<32} | {v:>8.2f} |" for k, v in result["gib"].items()]
-    lines += [
-        f"| {'total, no checkpointing':<32} | {full:>8.2f} |",
-        f"| {'total, activation checkpointing':<32} | {checkpointed:>8.2f} |",
-        "",
-        f"tokens per step: {result['tokens']:,} ({result['sequences']} sequences x {result['seq']}, padded bound)",
-        f"step time at MFU {settings.mfu} of {settings.peak_tflops:g} TFLOP/s per GPU: {result['step_s']:.1f} s",
-        "",
-        f"| {'cards':<22} | {'verdict (90% of memory usable)':<34} |",
-        f"|{'-' * 24}|{'-' * 36}|",
-    ]
-    lines += [f"| {card:<22} | {verdict:<34} |" for card, verdict in verdicts(result).items()]
-    return "\n".join(lines)
+    gib = {**result["gib"], "total, no checkpointing": full, "total, activation checkpointing": checkpointed}
+    return "\n".join(
+        [
+            f"parameters {result['params']:,} (trainable {result['trainable']:,}); FSDP over {result['devices']} "
+            f"GPUs, precision {result['precision']}, optimizer {'AdamW 8-bit' if result['eight_bit'] else 'AdamW'}; "
+            f"micro-batch {result['micro_batch']} x {result['seq']} tokens",
+            "",
+            markdown_table(("per GPU", "GiB"), [(term, f"{size:.2f}") for term, size in gib.items()]),
+            "",
+            f"tokens per step: {result['tokens']:,} ({result['sequences']} sequences x {result['seq']}, padded bound)",
+            f"step time at MFU {settings.mfu} of {settings.peak_tflops:g} TFLOP/s per GPU: {result['step_s']:.1f} s",
+            "",
+            markdown_table(("cards", "verdict (90% of memory usable)"), verdicts(result).items()),
+        ]
+    )
 
 
 def check_plan(settings: PlanConfig) -> None:

@@ -9,19 +9,7 @@ import torch
 from sortednet.inference.decode import decode_all
 from sortednet.metrics import mean_score
 from sortednet.model import SortedLM
-
-
-def greedy_answers(
-    net: SortedLM,
-    tokenizer,
-    prompt_ids: list[list[int]],
-    exit_: int,
-    max_new_tokens: int,
-    batch_size: int = 32,
-) -> list[str]:
-    """Greedy continuations of tokenized prompts by sub-model ``exit_``, as text (special tokens dropped)."""
-    generated = greedy_ids(net, tokenizer, prompt_ids, exit_, max_new_tokens, batch_size)
-    return tokenizer.batch_decode(generated, skip_special_tokens=True)
+from sortednet.tables import markdown_table
 
 
 @torch.no_grad()
@@ -38,6 +26,12 @@ def greedy_ids(
     decoder is :func:`sortednet.inference.decode.generate_batch`, the one ``sortednet.generate`` uses."""
     eos = tokenizer.eos_token_id
     return decode_all(net, prompt_ids, max_new_tokens, eos, batch_size, mode="exit", exit=exit_)[0]
+
+
+def greedy_answers(net: SortedLM, tokenizer, prompt_ids, exit_, max_new_tokens, batch_size=32) -> list[str]:
+    """:func:`greedy_ids` (the same arguments), as text (special tokens dropped)."""
+    generated = greedy_ids(net, tokenizer, prompt_ids, exit_, max_new_tokens, batch_size)
+    return tokenizer.batch_decode(generated, skip_special_tokens=True)
 
 
 def exact_match(answers: list[str], references: list[str]) -> float:
@@ -76,12 +70,8 @@ def exit_report(module, datamodule, tokenizer, metrics: dict, settings) -> list[
 
 
 def format_report(report: list[dict], title: str = "") -> str:
-    """The per-exit table as fixed-width text (stdout-friendly, also pasted into experiments/)."""
+    """The per-exit table in Markdown (stdout, also pasted into experiments/)."""
     names = ("exit", "layers", "params_M", "val_loss", "val_ppl", "accept", "agree", "exact_match")
     columns = [c for c in names if c in report[0]]
-    lines = [title] if title else []
-    lines.append("  ".join(f"{c:>11}" for c in columns))
-    for row in report:
-        cells = [f"{row[c]:>11d}" if isinstance(row[c], int) else f"{row[c]:>11.3f}" for c in columns]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+    cells = [[f"{row[c]:d}" if isinstance(row[c], int) else f"{row[c]:.3f}" for c in columns] for row in report]
+    return markdown_table(columns, cells, title)

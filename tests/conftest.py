@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import os
 import runpy
 import signal
@@ -254,10 +255,13 @@ def compose_train(*overrides: str):
 # ---------------------------------------------------------------- checkpoints as training writes them
 
 
-def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> Path:
-    """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write."""
+def save_checkpoint(path: Path, state_dict: dict, meta) -> Path:
+    """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write; ``meta`` a
+    :class:`sortednet.checkpoint.Metadata` or its record as a dict (a hand-made one, to test the reader)."""
     import lightning
 
+    if not isinstance(meta, dict):  # a sortednet.checkpoint.Metadata
+        meta = meta.to_record()
     torch.save(
         {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__, "state_dict": state_dict,
          "sortednet": meta},
@@ -285,8 +289,8 @@ def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     module.net.add_exit_heads([2, 4, 6, 8])
     for head in module.net.exit_heads.values():
         head.weight.data += 0.05 * torch.randn_like(head.weight)
-    meta = {**module.metadata(), "objective": "ict"}
-    assert meta["exit_heads"] == [2, 4, 6]
+    meta = dataclasses.replace(module.metadata(), objective="ict")
+    assert meta.exit_heads == [2, 4, 6]
     paths["ict"] = save_checkpoint(root / "ict.ckpt", module.state_dict(), meta)
 
     tokenizer_size = module.net.lm.config.vocab_size

@@ -6,6 +6,7 @@ fast however many rows the tables grow to.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -46,8 +47,8 @@ def files(tmp_path_factory, cache_dir) -> dict[str, Path]:
     paths["truncated"].write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     paths["random"] = root / "random.ckpt"
     paths["random"].write_bytes(os.urandom(4096))
-    paths["extracted"] = save_checkpoint(root / "extracted.ckpt", {}, {**meta, "objective": "extracted"})
-    other = {**meta, "num_layers": 4, "hf_config": {**meta["hf_config"], "hidden_size": 48}}
+    paths["extracted"] = save_checkpoint(root / "extracted.ckpt", {}, dataclasses.replace(meta, objective="extracted"))
+    other = dataclasses.replace(meta, num_layers=4, hf_config={**meta.hf_config, "hidden_size": 48})
     paths["other_model"] = save_checkpoint(root / "other.ckpt", {}, other)
     paths["broken_model"] = root / "broken-model"
     paths["broken_model"].mkdir()
@@ -188,7 +189,7 @@ def test_a_damaged_checkpoint_is_refused_by_every_reader(files):
     for name in ("truncated", "random", "data"):
         with pytest.raises(SortedNetError, match="not a readable checkpoint"):
             read_metadata(str(files[name]))
-    assert read_metadata(str(files["ckpt"]))["exits"] == [2, 4, 6, 8]
+    assert read_metadata(str(files["ckpt"])).exits == [2, 4, 6, 8]
 
 
 def test_bf16_on_a_cpu_without_bf16_arithmetic_is_one_line(tmp_path, files, capsys, monkeypatch):

@@ -61,7 +61,7 @@ def test_rows_are_the_chat_template_token_for_token_with_the_prompt_masked(adds_
 def test_generation_prompt_is_what_training_masks(tokenizer):
     """generate/evaluate format a prompt with the same style object; its ids are the template's generation prompt."""
     chat = chat_tokenizer(adds_bos=True)
-    style = prompt_style_of({"prompt_style": "chat"}, chat)
+    style = get_prompt_style("chat", chat)
     assert isinstance(style, ChatStyle)
     for row in ROWS:
         ids = chat(style.format(row["instruction"], row["input"]))["input_ids"]
@@ -138,7 +138,7 @@ def test_chat_checkpoint_generates_and_exports_with_the_template(chat_run, tmp_p
     capsys.readouterr()
     assert json.loads((out / "prompt_style.json").read_text()) == {"name": "chat"}
     _, exported_tokenizer, exported_meta = load_sorted(str(out))
-    assert exported_meta["prompt_style"] == "chat" and "prompt_template" not in exported_meta
+    assert exported_meta.prompt_style == "chat" and exported_meta.prompt_template is None
     assert isinstance(prompt_style_of(exported_meta, exported_tokenizer), ChatStyle)
     assert generate.main([f"ckpt={out}", *args]) == 0
     assert capsys.readouterr().out == expected + "\n"

@@ -64,7 +64,7 @@ def test_single_file_checkpoint_round_trip(tmp_path, tiny, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["full"]  # built in a temp sibling, renamed
 
     net, tokenizer, meta = load_sorted(str(out))  # the inference loader: every exit of the set
-    assert meta["exits"] == [2, 4] and meta["num_layers"] == 4
+    assert meta.exits == [2, 4] and meta.num_layers == 4
     reference, _, _ = load_sorted(str(ckpt))
     ids = torch.tensor([[1, 17, 42, 99, 3]])  # the tiny model has its own vocabulary of 101
     ours, theirs = net.exit_logits(ids, None, [2, 4]), reference.exit_logits(ids, None, [2, 4])
@@ -90,7 +90,7 @@ def test_ict_heads_are_kept_beside_the_model(tmp_path, tiny, capsys):
     assert entry["exit_heads"] == [2] and entry["exit_heads_file"] == EXIT_HEADS_FILE
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
     net, _, meta = load_sorted(str(out))  # the inference loader gets the ICT heads back
-    assert meta["exits"] == [2, 4] and meta["exit_heads"] == [2]
+    assert meta.exits == [2, 4] and meta.exit_heads == [2]
     torch.testing.assert_close(net.head(2).weight, state["net.exit_heads.2.weight"].bfloat16(), rtol=0, atol=0)
 
 

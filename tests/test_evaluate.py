@@ -4,6 +4,7 @@ checkpoints, answer-file reuse, the Pareto frontier, and one-line errors."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -44,7 +45,7 @@ def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     paths = {"soft": save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
     torch.manual_seed(3)
     state = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in module.state_dict().items()}
-    paths["sft"] = save_checkpoint(root / "sft.ckpt", state, {**module.metadata(), "objective": "sft"})
+    paths["sft"] = save_checkpoint(root / "sft.ckpt", state, dataclasses.replace(module.metadata(), objective="sft"))
     return paths
 
 
@@ -76,7 +77,7 @@ def test_loss_suite_equals_a_direct_exit_losses_pass(ckpts, rows_file, tmp_path,
 
     # The same rows, tokenized as training does, in one batch: token means must agree with the batched run.
     net, tokenizer, meta = load_sorted(str(ckpts["soft"]))
-    columns = tokenize_rows(json.loads(rows_file.read_text()), tokenizer, meta["prompt_style"], 512, mask_prompt=True)
+    columns = tokenize_rows(json.loads(rows_file.read_text()), tokenizer, meta.prompt_style, 512, mask_prompt=True)
     pairs = zip(columns["input_ids"], columns["labels"], strict=True)
     batch = Collator(pad_id(tokenizer))([{"input_ids": i, "labels": labels} for i, labels in pairs])
     with torch.no_grad():

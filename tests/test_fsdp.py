@@ -142,7 +142,12 @@ def _assert_consolidates_to(sharded_run: Path, single_run: Path, out: Path) -> N
         for e in meta["exit_heads"]:
             expected = reference["state_dict"][f"net.exit_heads.{e}.weight"]
             torch.testing.assert_close(heads[f"{e}.weight"], expected, rtol=1e-4, atol=1e-5)
-    assert load_sorted(str(out))[2]["num_layers"] == meta["num_layers"]
+    assert load_sorted(str(out))[2].num_layers == meta["num_layers"]
+    # the one loader reads the shards themselves too: the same weights and heads as the consolidated directory
+    sharded, _, sharded_meta = load_sorted(str(sharded_run / "checkpoints" / "last.ckpt"))
+    assert sharded_meta.exit_heads == meta["exit_heads"] and sharded_meta.exits == meta["exits"]
+    for key, value in lm.state_dict().items():
+        torch.testing.assert_close(sharded.lm.state_dict()[key], value)
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def _prompt_ids(tokenizer, instruction: str, text: str = "") -> list[int]:
 def test_load_sorted_rebuilds_the_model_and_its_heads(ckpts):
     checkpoint = torch.load(ckpts["ict"], map_location="cpu", weights_only=True)
     net, tokenizer, meta = load_sorted(str(ckpts["ict"]))
-    assert not net.training and meta["prompt_style"] == "alpaca" and meta["exit_heads"] == [2, 4, 6]
+    assert not net.training and meta.prompt_style == "alpaca" and meta.exit_heads == [2, 4, 6]
     for key, value in net.state_dict().items():
         torch.testing.assert_close(value, checkpoint["state_dict"][f"net.{key}"], rtol=0, atol=0)
     assert net.head(2) is not net.lm_head and net.head(8) is net.lm_head

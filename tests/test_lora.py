@@ -85,7 +85,7 @@ def test_lora_checkpoint_holds_adapters_and_loads_merged(lora_run, cache_dir, to
     module.configure_model()
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     net, _, meta = load_sorted(str(lora_run / "checkpoints" / "last.ckpt"), cache_dir)
-    assert meta["lora"]["rank"] == 4 and not any(isinstance(m, LoraLayer) for m in net.modules())
+    assert meta.lora["rank"] == 4 and not any(isinstance(m, LoraLayer) for m in net.modules())
     ids, mask, _ = _batch(tokenizer)
     expected = module.net.eval().exit_logits(ids, mask, [2, 8])
     for e, logits in net.exit_logits(ids, mask, [2, 8]).items():

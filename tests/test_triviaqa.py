@@ -494,7 +494,7 @@ def test_evaluate_suite_reads_the_real_file_and_refuses_an_unknown_layout(cache_
     ckpt = tmp_path / "soft.ckpt"
     torch.save(
         {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,
-         "state_dict": module.state_dict(), "sortednet": {**module.metadata(), "prompt_style": "triviaqa"}},
+         "state_dict": module.state_dict(), "sortednet": {**module.metadata().to_record(), "prompt_style": "triviaqa"}},
         ckpt,
     )  # fmt: skip
     args = ["suite=triviaqa", f"ckpt={ckpt}", "exits=[8]", "limit=3", "max_new_tokens=4", f"out={tmp_path / 'out'}"]

@@ -180,7 +180,7 @@ def run_llamacpp(cfg: BenchGenerateConfig) -> None:
     prompts = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
     name = cfg.quality_name or Path(cfg.ckpt).stem
     quality = llamacpp.read_quality(cfg.quality, name)
-    exits, threads = meta["exits"], cfg.threads
+    exits, threads = meta.exits, cfg.threads
     new_tokens = cfg.max_new_tokens
     table = llamacpp.deployment_rows(net, tokenizer, exits, prompts, new_tokens, cfg.llamacpp, threads, quality)
     print(f"# llama.cpp, batch 1, greedy, {new_tokens} tokens per prompt (end of sequence ignored), {len(prompts)} "

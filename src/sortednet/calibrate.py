@@ -46,7 +46,7 @@ def calibrate_cli(cfg: CalibrateConfig) -> None:
         raise SortedNetError("prompts must be >= 1 and max_drop in [0, 1)")
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
     if len(meta.exits) < 2:
-        raise SortedNetError(f"the checkpoint's exit set {meta['exits']} has no exit below the last layer")
+        raise SortedNetError(f"the checkpoint's exit set {meta.exits} has no exit below the last layer")
     rows = held_out_rows(cfg.data, cfg.prompts, seed=3)
     prompts = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
     thresholds, table = calibrate(

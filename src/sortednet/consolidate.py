@@ -10,34 +10,29 @@ DIR gets the whole sorted model (all L layers, the shared norm and LM head) in s
 the prompt template as ``prompt_style.json`` and a ``sortednet`` entry in ``config.json``: ``exit`` (= L),
 ``num_layers``, ``exits``, ``exit_heads``, ``objective``, ``prompt_style``, ``model``, ``tokenizer``,
 ``global_step``, ``source`` and ``consolidated: true``. ``AutoModelForCausalLM.from_pretrained(DIR)`` loads
-it with no sortednet code, and so does ``sortednet.inference.load.load_sorted`` (every exit of the set, read
-through the shared head). ICT exit heads (their own matrices) are written beside it as
-``exit_heads.safetensors`` (keys ``<exit>.weight``, as in ``SortedLM.exit_heads``) and named in the entry's
-``exit_heads_file``; ``from_pretrained`` ignores that file, and ``load_sorted`` does not read it yet, so from
-a consolidated ICT model it serves the full model (exit L) only — use the ``.ckpt`` (or ``sortednet.export``
-for a given exit) to decode with the ICT heads.
+it with no sortednet code, and so does ``sortednet.inference.load.load_sorted`` (every exit of the set). ICT
+exit heads (their own matrices) are written beside it as ``exit_heads.safetensors`` (keys ``<exit>.weight``, as
+in ``SortedLM.exit_heads``) and named in the entry's ``exit_heads_file``; ``from_pretrained`` ignores that
+file, ``load_sorted`` reads it, so every exit decodes with its own head.
 
-DIR is built in a temporary sibling and renamed into place; an existing non-empty DIR is refused.
+The checkpoint is read by the one loader (``load_sorted``) and written by the one Hugging Face writer
+(:mod:`sortednet.inference.hf_export`), as ``sortednet.export`` does for a sub-model. DIR is built in a
+temporary sibling and renamed into place; an existing non-empty DIR is refused.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from sortednet import cli
-from sortednet.checkpoint import read_sorted_checkpoint
-from sortednet.data.prompts import template_record
+from sortednet.checkpoint import EXIT_HEADS_FILE, read_metadata
 from sortednet.errors import SortedNetError
-from sortednet.hub import DTYPES, load_tokenizer
-from sortednet.inference.load import PROMPT_STYLE_FILE, build_model, prompt_style_of
-from sortednet.io import check_new_dir, write_dir_atomically
-
-EXIT_HEADS_FILE = "exit_heads.safetensors"
+from sortednet.hub import resolve_dtype
+from sortednet.inference.hf_export import write_hf_model
+from sortednet.inference.load import load_sorted, prompt_style_of
+from sortednet.io import check_new_dir
 
 
 @dataclass
@@ -58,48 +53,21 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
         raise SortedNetError("no checkpoint given; pass ckpt=PATH (a .ckpt or a distributed checkpoint directory)")
     if not cfg.out:
         raise SortedNetError("no output directory given; pass out=DIR (a new or empty directory)")
-    if cfg.dtype is not None and cfg.dtype not in DTYPES:
-        raise SortedNetError(f"unknown dtype {cfg.dtype!r}; use one of {', '.join(DTYPES)}")
+    dtype = resolve_dtype(cfg.dtype) if cfg.dtype is not None else None
     out = Path(cfg.out).expanduser().absolute()
     check_new_dir(out, "out")
-    source = str(Path(cfg.ckpt).expanduser().absolute())
-    state, meta = read_sorted_checkpoint(cfg.ckpt)
-    lm, heads = build_model(state, meta, cfg.ckpt, DTYPES[cfg.dtype] if cfg.dtype else None, cfg.cache_dir)
-    del state
-    tokenizer = load_tokenizer(meta["tokenizer"], cfg.cache_dir)
-    num_layers = meta["num_layers"]
-    style = prompt_style_of(meta, tokenizer)
-    lm.config.sortednet = {
-        "source": source,
-        "exit": num_layers,
-        "num_layers": num_layers,
-        "exits": [int(e) for e in meta["exits"]],
-        "exit_heads": sorted(int(e) for e in meta.get("exit_heads") or []),
-        "exit_heads_file": EXIT_HEADS_FILE if heads else None,
-        "objective": meta.get("objective"),
-        "prompt_style": meta.get("prompt_style", "alpaca"),
-        "model": meta.get("model"),
-        "tokenizer": meta["tokenizer"],
-        "global_step": meta.get("global_step"),
-        "consolidated": True,
-    }
-
-    def write(tmp: Path) -> None:
-        lm.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        template = template_record(lm.config.sortednet["prompt_style"], style)
-        (tmp / PROMPT_STYLE_FILE).write_text(json.dumps(template, indent=2) + "\n")
-        if heads:
-            save_file(heads, str(tmp / EXIT_HEADS_FILE), metadata={"format": "pt", "sortednet": "exit_heads"})
-        if any(p.suffix in (".bin", ".pt", ".pth") for p in tmp.iterdir()):
-            raise RuntimeError("save_pretrained wrote pickled weights; expected safetensors only")
-
-    write_dir_atomically(out, write, if_exists="refuse")
-    params = sum(p.numel() for p in lm.parameters())
-    extra = f", ICT heads {sorted(int(e) for e in meta['exit_heads'])} in {EXIT_HEADS_FILE}" if heads else ""
+    read_metadata(cfg.ckpt, exported=False)  # an exported directory is a Hugging Face model already
+    net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir, dtype=dtype)
+    heads = {k: v.contiguous() for k, v in net.exit_heads.state_dict().items()} if net.exit_heads else None
+    record = meta.export_record(
+        net.num_layers, exit_heads_file=EXIT_HEADS_FILE if heads else None, consolidated=True
+    )  # fmt: skip
+    write_hf_model(out, net.lm, tokenizer, record, prompt_style_of(meta, tokenizer), heads)
+    params = sum(p.numel() for p in net.lm.parameters())
+    extra = f", ICT heads {meta.exit_heads} in {EXIT_HEADS_FILE}" if heads else ""
     print(
-        f"{source} ({meta.get('objective')}, {num_layers} layers, exits {list(meta['exits'])}, "
-        f"{params / 1e6:.2f}M parameters, {lm.dtype}{extra}) -> {out}"
+        f"{record.source} ({meta.objective}, {meta.num_layers} layers, exits {meta.exits}, "
+        f"{params / 1e6:.2f}M parameters, {net.lm.dtype}{extra}) -> {out}"
     )
     return out
 

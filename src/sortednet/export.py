@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from sortednet import cli
-from sortednet.checkpoint import read_checkpoint
-from sortednet.data.prompts import template_record
+from sortednet.checkpoint import Metadata, read_training_checkpoint
 from sortednet.errors import SortedNetError
 from sortednet.hub import DTYPES, resolve
 from sortednet.inference.gguf_export import GGUF_DTYPES, check_exportable, write_gguf
-from sortednet.inference.load import PROMPT_STYLE_FILE, load_sorted, prompt_style_of
+from sortednet.inference.hf_export import write_hf_model
+from sortednet.inference.load import load_sorted, prompt_style_of
 from sortednet.io import check_creatable_dir, check_new_dir, write_dir_atomically, write_file_atomically
 from sortednet.lora import adapted_base
 
@@ -62,25 +62,25 @@ class ExportConfig:
     """Where the embedded assets and hub downloads live (default: $SORTEDNET_CACHE or ~/.cache/sortednet)."""
 
 
-def check_exit(exit_: int | None, meta: dict, num_layers: int) -> None:
+def check_exit(exit_: int | None, meta: Metadata, num_layers: int) -> None:
     """One-line error for a missing or out-of-range exit; a warning for one that was not trained."""
     if exit_ is None:
-        raise SortedNetError(f"no exit given; pass exit=K with K in [1, {num_layers}] (trained exits: {meta['exits']})")
+        raise SortedNetError(f"no exit given; pass exit=K with K in [1, {num_layers}] (trained exits: {meta.exits})")
     if not 1 <= exit_ <= num_layers:
         raise SortedNetError(
             f"exit={exit_} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
-            f"trained exits: {meta['exits']})"
+            f"trained exits: {meta.exits})"
         )
-    if exit_ not in meta["exits"]:
+    if exit_ not in meta.exits:
         print(
-            f"sortednet: warning: exit {exit_} is not one of the trained exits {meta['exits']}; exporting it anyway",
+            f"sortednet: warning: exit {exit_} is not one of the trained exits {meta.exits}; exporting it anyway",
             file=sys.stderr,
         )
 
 
-def _tokenizer_gguf(meta: dict) -> str | None:
+def _tokenizer_gguf(meta: Metadata) -> str | None:
     """The GGUF file the checkpoint's tokenizer was read from, if it was read from one that is still there."""
-    name = str(meta.get("tokenizer") or "")
+    name = str(meta.tokenizer or "")
     return str(Path(name).expanduser()) if name.endswith(".gguf") and Path(name).expanduser().is_file() else None
 
 
@@ -100,18 +100,18 @@ def export_gguf(cfg: ExportConfig, out: Path, loaded: tuple | None = None) -> Pa
         check_creatable_dir(out.parent, "out")
     net, tokenizer, meta = loaded or load_sorted(cfg.ckpt, cfg.cache_dir)
     num_layers = net.num_layers
-    exits = meta["exits"] if every else [cfg.exit]
+    exits = meta.exits if every else [cfg.exit]
     if not every:
         check_exit(cfg.exit, meta, num_layers)
     check_exportable(net.lm.config, cfg.dtype)  # before any file: an unsupported model or width writes nothing
     tokenizer_gguf = _tokenizer_gguf(meta)
-    origin = meta.get("exported_from") or {}
-    source = origin.get("source") or str(Path(meta["source"]).absolute())
+    source = meta.export_record(num_layers).source
     stem = Path(source).stem
 
     def write_exit(exit_: int, target: Path) -> dict:
         sub = net.submodel(exit_)
-        provenance = {"exit": exit_, "num_layers": origin.get("num_layers", num_layers), "source": source}
+        record = meta.export_record(exit_)
+        provenance = {"exit": exit_, "num_layers": record.num_layers, "source": source}
         write_file_atomically(
             target,
             lambda tmp: write_gguf(
@@ -128,7 +128,7 @@ def export_gguf(cfg: ExportConfig, out: Path, loaded: tuple | None = None) -> Pa
             "bytes": target.stat().st_size,
         }
         print(
-            f"exit {exit_} of {meta['source']} ({exit_} of {num_layers} layers, {record['parameters'] / 1e6:.2f}M "
+            f"exit {exit_} of {meta.source} ({exit_} of {num_layers} layers, {record['parameters'] / 1e6:.2f}M "
             f"parameters, {cfg.dtype}, {record['bytes'] / 2**20:.1f} MiB) -> {target}"
         )
         return record
@@ -169,39 +169,16 @@ def export(cfg: ExportConfig) -> Path:
         return export_adapter(cfg, out)
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir)
     num_layers = net.num_layers
-    if cfg.exit == "all" and cfg.format == "auto" and str(meta.get("model", "")).endswith(".gguf"):
+    if cfg.exit == "all" and cfg.format == "auto" and str(meta.model or "").endswith(".gguf"):
         return export_gguf(cfg, out, (net, tokenizer, meta))  # came in as GGUF, goes back out as GGUF
     if cfg.exit == "all":
         raise SortedNetError("exit=all writes GGUF files; add format=gguf (or export one exit=K as a directory)")
     check_exit(cfg.exit, meta, num_layers)
-    style = prompt_style_of(meta, tokenizer)
     sub = net.submodel(cfg.exit, DTYPES[cfg.dtype])
-    origin = meta.get("exported_from") or {}  # exporting from an exported directory keeps the first source
-    sub.config.sortednet = {
-        "source": origin.get("source") or str(Path(meta["source"]).absolute()),
-        "exit": cfg.exit,
-        "num_layers": origin.get("num_layers", num_layers),
-        "exits": origin.get("exits", meta["exits"]),
-        "exit_heads": origin.get("exit_heads", meta.get("exit_heads") or []),
-        "objective": meta.get("objective"),
-        "prompt_style": meta["prompt_style"],
-    }
-
-    def write(tmp: Path) -> None:
-        sub.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        template = template_record(meta["prompt_style"], style)
-        (tmp / PROMPT_STYLE_FILE).write_text(json.dumps(template, indent=2) + "\n")
-        pickled = sorted(p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        if pickled:
-            raise RuntimeError(f"save_pretrained wrote pickled weights {pickled}; expected safetensors only")
-        if not any(p.suffix == ".safetensors" for p in tmp.iterdir()):
-            raise RuntimeError("save_pretrained wrote no .safetensors file")
-
-    write_dir_atomically(out, write, if_exists="refuse")
+    write_hf_model(out, sub, tokenizer, meta.export_record(cfg.exit), prompt_style_of(meta, tokenizer))
     params = sum(p.numel() for p in sub.parameters())
     print(
-        f"exit {cfg.exit} of {meta['source']} ({cfg.exit} of {num_layers} layers, {params / 1e6:.2f}M parameters, "
+        f"exit {cfg.exit} of {meta.source} ({cfg.exit} of {num_layers} layers, {params / 1e6:.2f}M parameters, "
         f"{cfg.dtype}) -> {out}"
     )
     return out
@@ -219,19 +196,18 @@ def export_adapter(cfg: ExportConfig, out: Path) -> Path:
     path = Path(cfg.ckpt).expanduser()
     if not path.is_file():
         raise SortedNetError(f"adapter=true reads a LoRA .ckpt of sortednet.train; {cfg.ckpt!r} is not a file")
-    checkpoint = read_checkpoint(str(path))
-    meta = checkpoint["sortednet"]
-    if not meta.get("lora"):
+    state, meta = read_training_checkpoint(str(path))
+    if not meta.lora:
         raise SortedNetError(
             f"{cfg.ckpt!r} is a full fine-tune, it has no adapters; export a model with exit=K instead of adapter=true"
         )
-    adapters = {k[len("net.lm.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.lm.")}
+    adapters = {k[len("net.lm.") :]: v for k, v in state.items() if k.startswith("net.lm.")}
     peft_model = adapted_base(adapters, meta, str(path), cfg.cache_dir)
     # written into adapter_config.json: what from_pretrained(BASE) must load (embedded resolves to a directory)
-    peft_model.peft_config["default"].base_model_name_or_path = resolve(meta["model"], "model", cfg.cache_dir)
+    peft_model.peft_config["default"].base_model_name_or_path = resolve(meta.model, "model", cfg.cache_dir)
     write_dir_atomically(out, lambda tmp: peft_model.save_pretrained(tmp, safe_serialization=True), if_exists="refuse")
     count = sum(v.numel() for v in adapters.values())
-    print(f"adapters of {path} ({len(adapters)} tensors, {count / 1e6:.3f}M parameters, base {meta['model']}) -> {out}")
+    print(f"adapters of {path} ({len(adapters)} tensors, {count / 1e6:.3f}M parameters, base {meta.model}) -> {out}")
     return out
 
 

@@ -16,7 +16,13 @@ import torch
 
 from sortednet import cli
 from sortednet.data.prompts import encode_prompts
+from sortednet.data.rows import read_rows
 from sortednet.errors import SortedNetError
+from sortednet.inference.decode import generate_batch
+from sortednet.inference.latency import device_key, latency_profile, pick_exit, sync
+from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
+from sortednet.inference.stream import TextStream
+from sortednet.io import read_text
 
 MODES = ("exit", "speculative", "dynamic")
 
@@ -109,9 +115,6 @@ def check_settings(cfg: GenerateConfig) -> None:
 
 def read_prompts(path: str) -> list[tuple[str, str]]:
     """(instruction, input) pairs from a .txt file (one instruction per line) or an Alpaca .json/.jsonl file."""
-    from sortednet.data.rows import read_rows
-    from sortednet.io import read_text
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise SortedNetError(f"prompts file {path!r} not found; pass prompts=FILE.txt|FILE.json|FILE.jsonl")
@@ -137,7 +140,7 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
 
 def check_against_model(cfg: GenerateConfig, net, meta: dict) -> None:
     """The settings that depend on the checkpoint: exits, draft exit, thresholds."""
-    num_layers, exits = net.num_layers, list(meta["exits"])
+    num_layers, exits = net.num_layers, list(meta.exits)
     if isinstance(cfg.exit, int) and not 1 <= cfg.exit <= num_layers:
         raise SortedNetError(
             f"exit={cfg.exit} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
@@ -175,8 +178,6 @@ def check_against_model(cfg: GenerateConfig, net, meta: dict) -> None:
 
 def prompt_ids(cfg: GenerateConfig, pairs, tokenizer, net, meta) -> list[list[int]]:
     """Token ids of each prompt, exactly as training tokenizes them; checked against the context window."""
-    from sortednet.inference.load import prompt_style_of
-
     rows = [{"instruction": instruction, "input": text} for instruction, text in pairs]
     ids = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), rows)
     window = getattr(net.lm.config, "max_position_embeddings", None)
@@ -221,10 +222,6 @@ def generate_decoded(
     """Every mode through :func:`sortednet.inference.decode.generate_batch` (mode=exit: sub-model ``exit_``),
     ``batch_size`` prompts together; streams when batch_size=1. A prompt's text does not depend on the batch
     it is in (greedy or sampled)."""
-    from sortednet.inference.decode import generate_batch
-    from sortednet.inference.latency import sync
-    from sortednet.inference.stream import TextStream
-
     # dynamic mode tries the checkpoint's exit set, shallow to deep
     extra = {"exits": list(exits)} if cfg.mode == "dynamic" else {}
     total_tokens, total_seconds, n = 0, 0.0, len(prompts)
@@ -272,9 +269,6 @@ def generate_decoded(
 
 def generate(cfg: GenerateConfig) -> None:
     """The whole command: check, load, (profile), generate to stdout, report to stderr."""
-    from sortednet.inference.latency import device_key, latency_profile, pick_exit
-    from sortednet.inference.load import load_sorted, resolve_device
-
     check_settings(cfg)
     pairs = [(cfg.prompt, cfg.input)] if cfg.prompt is not None else read_prompts(cfg.prompts)
     device = resolve_device(cfg.device)
@@ -282,7 +276,7 @@ def generate(cfg: GenerateConfig) -> None:
     check_against_model(cfg, net, meta)
     prompts = prompt_ids(cfg, pairs, tokenizer, net, meta)
     if cfg.mode != "exit":
-        tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta["exits"]))
+        tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta.exits))
     else:
         exit_ = cfg.exit if isinstance(cfg.exit, int) else net.num_layers
         if cfg.exit == "auto":
@@ -297,9 +291,9 @@ def generate(cfg: GenerateConfig) -> None:
                 f"exit=auto: exit {exit_} ({profile[exit_]:.3f} ms/token <= {cfg.latency_ms_per_token:g})",
                 file=sys.stderr,
             )
-        elif exit_ not in meta["exits"]:
-            print(f"sortednet: warning: exit {exit_} is not one of the trained exits {meta['exits']}", file=sys.stderr)
-        tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta["exits"]), exit_)
+        elif exit_ not in meta.exits:
+            print(f"sortednet: warning: exit {exit_} is not one of the trained exits {meta.exits}", file=sys.stderr)
+        tokens, seconds = generate_decoded(cfg, net, tokenizer, prompts, list(meta.exits), exit_)
     if len(prompts) > 1:
         _report(f"total ({len(prompts)} prompts)", tokens, seconds)
 

@@ -67,15 +67,16 @@ def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if any(part in k for part in ADAPTER_KEYS)}
 
 
-def adapted_base(adapters: dict[str, torch.Tensor], meta: dict, source: str, cache_dir=None):
-    """The PeftModel of a LoRA checkpoint: its base (``meta["model"]``, fp32) with its adapters (``adapters``,
-    keyed as in the causal LM's state dict) loaded and checked to fit."""
-    lm = load_causal_lm(meta["model"], "float32", cache_dir)
-    peft_model = add_lora_(lm, LoraConfig(**meta["lora"]))
+def adapted_base(adapters: dict[str, torch.Tensor], meta, source: str, cache_dir=None):
+    """The PeftModel of a LoRA checkpoint: its base (``meta.model``, fp32) with its adapters (``adapters``,
+    keyed as in the causal LM's state dict) loaded and checked to fit; ``meta`` its
+    :class:`~sortednet.checkpoint.Metadata`."""
+    lm = load_causal_lm(meta.model, "float32", cache_dir)
+    peft_model = add_lora_(lm, LoraConfig(**meta.lora))
     expected = set(lora_state(lm))
     if set(adapters) != expected:
         raise SortedNetError(
-            f"{source!r}: its adapters do not fit the base model {meta['model']!r} "
+            f"{source!r}: its adapters do not fit the base model {meta.model!r} "
             f"({len(set(adapters) & expected)} of {len(expected)} adapter weights match); is the base the same?"
         )
     lm.load_state_dict(adapters, strict=False)

@@ -17,7 +17,7 @@ import logging
 
 from torch import nn
 
-from sortednet.checkpoint import read_metadata, read_sorted_checkpoint
+from sortednet.checkpoint import Metadata, read_metadata, read_training_checkpoint
 from sortednet.config import LoraConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.lora import add_lora_
@@ -69,28 +69,28 @@ def train_exits(objective: str, exits: list[int]) -> list[int]:
     return chosen
 
 
-def check_init_checkpoint(net: SortedLM, path: str) -> dict:
+def check_init_checkpoint(net: SortedLM, path: str) -> Metadata:
     """The metadata of the checkpoint ICT starts from (a ``.ckpt`` file or an FSDP checkpoint directory), checked
     against ``net``'s shape without reading its weights; a one-line error if it cannot be ``net``'s."""
-    meta = read_metadata(path)
-    if meta["num_layers"] != net.num_layers or meta["hf_config"].get("hidden_size") != net.lm.config.hidden_size:
-        theirs = f"{meta['num_layers']} layers of width {meta['hf_config'].get('hidden_size')}"
+    meta = read_metadata(path, exported=False)
+    if meta.num_layers != net.num_layers or meta.hf_config.get("hidden_size") != net.lm.config.hidden_size:
+        theirs = f"{meta.num_layers} layers of width {meta.hf_config.get('hidden_size')}"
         ours = f"{net.num_layers} layers of width {net.lm.config.hidden_size}"
         raise SortedNetError(
             f"{path!r} holds a model of {theirs}, model.name_or_path one of {ours}; start from the same base model"
         )
-    if meta.get("lora"):
+    if meta.lora:
         raise SortedNetError(f"{path!r} holds LoRA adapters; ICT starts from a full fine-tune (objective=sft)")
     return meta
 
 
-def load_sorted_checkpoint(net: SortedLM, path: str) -> dict:
+def load_sorted_checkpoint(net: SortedLM, path: str) -> Metadata:
     """Load a checkpoint's weights (file or FSDP directory, read once on this process) into ``net``; returns its
     metadata. The model shapes must match."""
     meta = check_init_checkpoint(net, path)
-    if meta["objective"] != "sft":
-        log.warning(f"{path} was trained with objective={meta['objective']}; the paper's ICT starts from SFT")
-    state, _ = read_sorted_checkpoint(path)
+    if meta.objective != "sft":
+        log.warning(f"{path} was trained with objective={meta.objective}; the paper's ICT starts from SFT")
+    state, _ = read_training_checkpoint(path)
     prefix = "net."
     state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     state = {k: v for k, v in state.items() if not k.startswith("exit_heads.")}

@@ -39,7 +39,7 @@ class _GenerateBench:
         self.net, self.tokenizer, meta = load_sorted(args.ckpt)
         style = prompt_style_of(meta, self.tokenizer)
         self.eos = None if args.ignore_eos else self.tokenizer.eos_token_id
-        self.exits = meta["exits"]
+        self.exits = meta.exits
         self.metric = "rouge_l" if args.data else "exact_match"
         rows, cal_rows = measured_and_calibration_rows(args.data, args.prompts)
         self.prompts, self.refs = encode_prompts(self.tokenizer, style, rows), [r["output"] for r in rows]

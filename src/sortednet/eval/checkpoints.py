@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sortednet.checkpoint import Metadata
 from sortednet.errors import SortedNetError
 from sortednet.inference.load import load_sorted, resolve_device
 
@@ -24,19 +25,19 @@ class Checkpoint:
     path: str
     net: object = None
     tokenizer: object = None
-    meta: dict = field(default_factory=dict)
+    meta: Metadata | None = None
     exits: list[int] = field(default_factory=list)
 
 
-def requested_exits(settings, meta: dict, name: str) -> list[int]:
+def requested_exits(settings, meta: Metadata, name: str) -> list[int]:
     """The exits of ``exits=`` (all: the checkpoint's own), each checked to be one of the checkpoint's."""
-    available = [int(e) for e in meta["exits"]]
+    available = [int(e) for e in meta.exits]
     if settings.exits == "all":
         return available
     wanted = list(settings.exits)
     missing = [e for e in wanted if e not in available]
     if missing:
-        raise SortedNetError(f"exits {missing} are not exits of {name} ({meta['source']}); its exits are {available}")
+        raise SortedNetError(f"exits {missing} are not exits of {name} ({meta.source}); its exits are {available}")
     return sorted(set(wanted))
 
 

@@ -30,12 +30,16 @@ from pathlib import Path
 
 import torch
 
+from sortednet.config import DataConfig
+from sortednet.data.alpaca import split
 from sortednet.data.prompts import encode_prompts
-from sortednet.data.rows import json_lines
+from sortednet.data.rows import check_rows, json_lines, read_rows
 from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import each_checkpoint
 from sortednet.eval.exits import exact_match, greedy_ids
 from sortednet.eval.output import plot_per_exit, show_table
+from sortednet.hub import default_cache_dir, resolve
+from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
 from sortednet.metrics import rouge_l
 
@@ -46,8 +50,6 @@ PANDALM_URL = "https://raw.githubusercontent.com/WeOpenML/PandaLM/main/data/test
 
 def default_instructions() -> Path:
     """PandaLM's 170-instruction test set in the sortednet cache."""
-    from sortednet.hub import default_cache_dir
-
     return default_cache_dir() / "pandalm" / PANDALM_FILE
 
 
@@ -55,8 +57,6 @@ def read_instructions(path: str | None, limit: int | None = None, cache_dir=None
     """Items ``{"instruction", "input"[, "reference"]}`` from an Alpaca-format .json/.jsonl file (``output``, if
     present, is the reference), ``embedded`` (the embedded set's validation split) or, for ``None``, PandaLM's
     test set in the cache."""
-    from sortednet.data.rows import read_rows
-
     if path == EMBEDDED:
         rows = _embedded_validation_rows(cache_dir)
         source = "the embedded validation split"
@@ -93,11 +93,6 @@ def read_instructions(path: str | None, limit: int | None = None, cache_dir=None
 
 def _embedded_validation_rows(cache_dir) -> list[dict]:
     """The rows of the embedded data set that training holds out (default split settings)."""
-    from sortednet.config import DataConfig
-    from sortednet.data.alpaca import split
-    from sortednet.data.rows import check_rows, read_rows
-    from sortednet.hub import resolve
-
     path = resolve(EMBEDDED, "data.json", cache_dir)
     rows = check_rows(read_rows(path), path)
     defaults = DataConfig()
@@ -193,10 +188,8 @@ def generate_answers(
     batch_size: int = 8,
 ) -> tuple[list[dict], dict, bool]:
     """``(lines, meta, reused)`` of exit ``exit_``'s answer file in ``root``, generated unless reusable."""
-    from sortednet.inference.load import prompt_style_of
-
     style = prompt_style_of(meta, tokenizer)
-    settings = answer_settings(meta["source"], exit_, items, max_new_tokens, style)
+    settings = answer_settings(meta.source, exit_, items, max_new_tokens, style)
     path = answers_path(root, name, exit_)
     prompts = encode(items, tokenizer, style, net, max_new_tokens)  # checked even when answers are reused
     found = reusable(path, settings)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
-from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
+from sortednet.config import DataConfig
+from sortednet.data.alpaca import Collator, pad_id, tokenize_rows, tokenized_split
 from sortednet.data.rows import check_rows
 from sortednet.data.triviaqa import training_rows  # TriviaQA files become question -> answer rows, as in training
 from sortednet.eval.checkpoints import each_checkpoint
 from sortednet.eval.generation import checkpoint_stamp
 from sortednet.eval.output import plot_per_exit, show_table
+from sortednet.hub import default_cache_dir
 from sortednet.loss import count_labels
 
 EMBEDDED = "embedded"
@@ -29,10 +31,6 @@ def validation_rows(
     """``{"input_ids", "labels"}`` rows: the embedded set's validation split (the split training makes with
     its default settings) for ``data="embedded"``, else every row of the Alpaca-format (or TriviaQA) file ``data``."""
     if data == EMBEDDED:
-        from sortednet.config import DataConfig
-        from sortednet.data.alpaca import tokenized_split
-        from sortednet.hub import default_cache_dir
-
         config = DataConfig(path=EMBEDDED, prompt_style=prompt_style, max_length=max_length)
         dataset, _, val_idx = tokenized_split(config, tokenizer, cache_dir or default_cache_dir())
         columns = dataset.select(val_idx).select_columns(["input_ids", "labels"]).to_dict()
@@ -82,7 +80,7 @@ def per_exit_loss(net, rows: list[dict], exits: list[int], pad: int, batch_size:
 
 def loss_suite(net, tokenizer, meta: dict, exits: list[int], data: str, batch_size: int, **rows_kwargs) -> list[dict]:
     """One row per exit: exit, loss, ppl, tokens, rows (for one checkpoint)."""
-    rows = validation_rows(data, tokenizer, meta.get("prompt_style", "alpaca"), **rows_kwargs)
+    rows = validation_rows(data, tokenizer, meta.prompt_style, **rows_kwargs)
     values = per_exit_loss(net, rows, exits, pad_id(tokenizer), batch_size)
     return [{"exit": e, **values[e], "rows": len(rows)} for e in exits]
 

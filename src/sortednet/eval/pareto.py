@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ def pareto_points(settings, paths: list[str], names: list[str], out) -> list[dic
             quality.update({(ckpt.name, e): loss for e, loss in recorded.items()})
         device = next(ckpt.net.parameters()).device
         # only the exits asked for are timed (the cache beside the checkpoint then holds those)
-        subset = {**ckpt.meta, "exits": ckpt.exits}
+        subset = dataclasses.replace(ckpt.meta, exits=ckpt.exits)
         profile, where, cached = latency_profile(ckpt.path, ckpt.net, ckpt.tokenizer, subset, device)
         print(f"{ckpt.name}: ms/token {'cached in' if cached else 'measured, saved to'} {where}", file=sys.stderr)
         for e in ckpt.exits:

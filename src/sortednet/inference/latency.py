@@ -15,6 +15,8 @@ import torch
 
 from sortednet.data.prompts import encode_prompts
 from sortednet.errors import SortedNetError
+from sortednet.inference.decode import generate_batch
+from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
 
 PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 5
@@ -50,15 +52,12 @@ def sync(device: torch.device) -> None:
 def measure_latency(net, tokenizer, meta: dict, device: torch.device) -> dict[int, float]:
     """Milliseconds per generated token of each exit (greedy, KV cache, the median of a few runs), decoded by
     :func:`sortednet.inference.decode.generate_batch` as every exit-K answer is."""
-    from sortednet.inference.decode import generate_batch
-    from sortednet.inference.load import prompt_style_of
-
     (prompt,) = encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), [{"instruction": PROFILE_INSTRUCTION}])
-    times: dict[int, list[float]] = {e: [] for e in meta["exits"]}
+    times: dict[int, list[float]] = {e: [] for e in meta.exits}
     # Rounds over all exits rather than all runs of one exit, then the next: a slow spell of the machine
     # (clock ramp-up, a neighbour's job) then spreads over every exit instead of inflating one.
     for round_ in range(PROFILE_WARMUP + PROFILE_REPEATS):
-        for e in meta["exits"]:
+        for e in meta.exits:
             sync(device)
             start = time.perf_counter()
             # no EOS: every run makes the same number of tokens
@@ -83,9 +82,9 @@ def latency_profile(ckpt: str, net, tokenizer, meta, device) -> tuple[dict[int, 
     entry = cache.get(key) or {}
     cached = {int(e): float(ms) for e, ms in (entry.get("ms_per_token") or {}).items()}
     same_method = entry.get("tokens") == PROFILE_TOKENS and entry.get("repeats") == PROFILE_REPEATS
-    if all(e in cached for e in meta["exits"]) and same_method:
-        return {e: cached[e] for e in meta["exits"]}, path, True
-    print(f"measuring the latency of exits {meta['exits']} on {key} ...", file=sys.stderr)
+    if all(e in cached for e in meta.exits) and same_method:
+        return {e: cached[e] for e in meta.exits}, path, True
+    print(f"measuring the latency of exits {meta.exits} on {key} ...", file=sys.stderr)
     profile = measure_latency(net, tokenizer, meta, device)
     cache[key] = {
         "device": key.split("|")[0],

@@ -14,6 +14,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from sortednet.checkpoint import RECORD_KEY, Metadata
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
@@ -65,6 +66,7 @@ class SortedModule(L.LightningModule):
         mixed_precision: bool = False,
         prompt_style: str = "alpaca",
         compile_layers: bool = False,
+        precision: str | None = None,
     ):
         super().__init__()
         check_objective(objective, model.lora)
@@ -75,6 +77,7 @@ class SortedModule(L.LightningModule):
         self.activation_checkpointing, self.mixed_precision = activation_checkpointing, mixed_precision
         self.prompt_style = prompt_style  # recorded in checkpoints, so inference formats prompts the same way
         self.compile_layers = compile_layers
+        self.precision = precision  # trainer.precision, recorded in checkpoints
         self.save_hyperparameters(
             {
                 "model": dataclasses.asdict(model),
@@ -167,25 +170,26 @@ class SortedModule(L.LightningModule):
         full = self._objective_view(self._loaded_causal_lm())[0].state_dict() if self.global_rank == 0 else {}
         set_model_state_dict(net, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
-    def metadata(self) -> dict:
-        """What a checkpoint needs to be used without its training config."""
-        return {
-            "objective": self.objective.name,
-            "exits": self.eval_exits,
-            "num_layers": self.net.num_layers,
-            "exit_heads": sorted(int(e) for e in self.net.exit_heads) if self.net.exit_heads else [],
+    def metadata(self) -> Metadata:
+        """What a checkpoint needs to be used without its training config (:mod:`sortednet.checkpoint`)."""
+        return Metadata(
+            objective=self.objective.name,
+            exits=list(self.eval_exits),
+            num_layers=self.net.num_layers,
+            exit_heads=sorted(int(e) for e in self.net.exit_heads) if self.net.exit_heads else [],
             # a QLoRA base's quantization_config holds enums that weights-only loading refuses; it is served
             # unquantized anyway (``quantization`` records how it was trained)
-            "hf_config": {k: v for k, v in self.net.lm.config.to_dict().items() if k != "quantization_config"},
-            "model": self.model_config.name_or_path,
-            "tokenizer": self.model_config.tokenizer or self.model_config.name_or_path,
-            "prompt_style": self.prompt_style,
-            "lora": dataclasses.asdict(self.model_config.lora) if self.model_config.lora.rank else None,
-            "quantization": self.model_config.quantization,
-        }
+            hf_config={k: v for k, v in self.net.lm.config.to_dict().items() if k != "quantization_config"},
+            model=self.model_config.name_or_path,
+            tokenizer=self.model_config.tokenizer or self.model_config.name_or_path,
+            prompt_style=self.prompt_style,
+            precision=self.precision,
+            lora=dataclasses.asdict(self.model_config.lora) if self.model_config.lora.rank else None,
+            quantization=self.model_config.quantization,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sortednet"] = self.metadata()
+        checkpoint[RECORD_KEY] = self.metadata().to_record()
         if self.model_config.lora.rank:  # the frozen base is model.name_or_path; store what was trained
             checkpoint["state_dict"] = lora_state(self)
 
@@ -340,4 +344,5 @@ def build_module(cfg: TrainConfig) -> SortedModule:
         mixed_precision=cfg.strategy.name == "fsdp" and str(cfg.trainer.get("precision")) == "bf16-mixed",
         prompt_style=cfg.data.prompt_style,
         compile_layers=bool(cfg.trainer.get("compile", False)),
+        precision=str(cfg.trainer.get("precision", "32-true")),
     )

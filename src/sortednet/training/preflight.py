@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sortednet.checkpoint import Metadata
 from sortednet.checkpoint import read_metadata as read
 from sortednet.config import TrainConfig, check_ranges
 from sortednet.errors import SortedNetError
@@ -58,16 +59,16 @@ def check_settings(cfg: TrainConfig) -> None:
         raise SortedNetError("trainer.max_epochs=-1 and trainer.max_steps=-1 never stop; set one of them")
 
 
-def read_metadata(ckpt: str) -> dict:
-    """The ``sortednet`` metadata of ``ckpt_path`` (no weights read), with :mod:`sortednet.checkpoint`'s one-line
-    errors naming the key."""
+def read_metadata(ckpt: str) -> Metadata:
+    """The record of the training checkpoint ``ckpt_path`` (no weights read), with :mod:`sortednet.checkpoint`'s
+    one-line errors naming the key."""
     try:
-        return read(ckpt)
+        return read(ckpt, exported=False)
     except SortedNetError as error:
         raise SortedNetError(f"ckpt_path: {error}") from error
 
 
-def check_resume(cfg: TrainConfig, metadata: dict) -> None:
+def check_resume(cfg: TrainConfig, metadata: Metadata) -> None:
     """Refuse a ``ckpt_path`` whose model or objective differs from this run's (``metadata`` is the module's
     :meth:`~sortednet.training.module.SortedModule.metadata` for this config); a distributed checkpoint needs fsdp."""
     if Path(cfg.ckpt_path).expanduser().is_dir() and cfg.strategy.name != "fsdp":
@@ -76,23 +77,23 @@ def check_resume(cfg: TrainConfig, metadata: dict) -> None:
         )
     theirs = read_metadata(cfg.ckpt_path)
 
-    def shape(meta: dict) -> str:
-        hf = meta.get("hf_config") or {}
-        return f"{meta.get('num_layers')} layers of width {hf.get('hidden_size')}, vocabulary {hf.get('vocab_size')}"
+    def shape(meta: Metadata) -> str:
+        hf = meta.hf_config
+        return f"{meta.num_layers} layers of width {hf.get('hidden_size')}, vocabulary {hf.get('vocab_size')}"
 
-    if theirs.get("objective") != metadata["objective"]:
+    if theirs.objective != metadata.objective:
         raise SortedNetError(
-            f"ckpt_path {cfg.ckpt_path!r} was trained with objective={theirs.get('objective')}, this run is "
-            f"objective={metadata['objective']}; resume with objective={theirs.get('objective')}"
+            f"ckpt_path {cfg.ckpt_path!r} was trained with objective={theirs.objective}, this run is "
+            f"objective={metadata.objective}; resume with objective={theirs.objective}"
         )
-    if shape(theirs) != shape(metadata) or (theirs.get("exit_heads") or []) != metadata["exit_heads"]:
+    if shape(theirs) != shape(metadata) or theirs.exit_heads != metadata.exit_heads:
         raise SortedNetError(
-            f"ckpt_path {cfg.ckpt_path!r} holds a model of {shape(theirs)} (exit heads {theirs.get('exit_heads')}), "
-            f"this run's is {shape(metadata)} (exit heads {metadata['exit_heads']}); resume with the run's "
+            f"ckpt_path {cfg.ckpt_path!r} holds a model of {shape(theirs)} (exit heads {theirs.exit_heads}), "
+            f"this run's is {shape(metadata)} (exit heads {metadata.exit_heads}); resume with the run's "
             f"model.name_or_path, objective and exits"
         )
-    rank = (theirs.get("lora") or {}).get("rank", 0)
-    if rank != (metadata.get("lora") or {}).get("rank", 0):
+    rank = (theirs.lora or {}).get("rank", 0)
+    if rank != (metadata.lora or {}).get("rank", 0):
         raise SortedNetError(
             f"ckpt_path {cfg.ckpt_path!r} was trained with model.lora.rank={rank}; resume with the same model.lora"
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import sortednet.data.triviaqa
 from conftest import one_line
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import load_tokenized, tokenized_split
@@ -162,9 +163,7 @@ def test_hub_ids_are_told_apart_from_files(tmp_path):
 
 
 def test_unreachable_hub_asks_for_a_local_file(monkeypatch, tokenizer, tmp_path):
-    import sortednet.hub
-
-    monkeypatch.setattr(sortednet.hub, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sortednet.data.triviaqa, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(SortedNetError) as error:
         read_triviaqa("mandarjoshi/trivia_qa")
     message = one_line(error)

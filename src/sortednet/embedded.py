@@ -17,6 +17,7 @@ import os
 import random
 from pathlib import Path
 
+from sortednet.data.prompts import ALPACA
 from sortednet.io import write_dir_atomically
 
 VERSION = "v2"
@@ -89,8 +90,6 @@ def _build_tokenizer(rows: list[dict]):
     """A byte-level BPE tokenizer trained on the data set's prompts and answers, LLaMA-style specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from sortednet.data.prompts import ALPACA
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

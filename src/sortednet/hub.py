@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sortednet.embedded import materialise
 from sortednet.errors import SortedNetError
 
 EMBEDDED = "embedded"
@@ -45,8 +46,6 @@ def resolve(name_or_path: str, part: str, cache_dir: str | os.PathLike | None = 
     """The local path behind ``embedded`` (``part`` is ``model``, ``tokenizer`` or ``data.json``), else as given."""
     if name_or_path != EMBEDDED:
         return name_or_path
-    from sortednet.embedded import materialise
-
     return str(materialise(cache_dir or default_cache_dir()) / part)
 
 

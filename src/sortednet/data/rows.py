@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sortednet.embedded import make_rows
 from sortednet.errors import SortedNetError
-from sortednet.hub import EMBEDDED
+from sortednet.hub import EMBEDDED, hub_reachable
 from sortednet.io import read_text
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,6 @@ def _holds_json_lines(text: str) -> bool:
 
 def _read_hub_rows(hub_id: str) -> list[dict]:
     import datasets
-
-    from sortednet.hub import hub_reachable
 
     if not hub_reachable():
         raise SortedNetError(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from sortednet.data.alpaca import pad_id
 from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import requested_exits
+from sortednet.eval.exits import greedy_ids
 from sortednet.eval.generation import encode, read_instructions
 from sortednet.eval.output import show_table
 from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
@@ -41,8 +42,6 @@ def greedy_continuations(
 ) -> list[list[int]]:
     """The last layer's greedy continuation of each prompt: at most ``positions`` token ids, cut after the
     first EOS (kept: it is a generated token)."""
-    from sortednet.eval.exits import greedy_ids
-
     return greedy_ids(net, tokenizer, [list(p) for p in prompts_ids], net.num_layers, positions, batch_size)
 
 

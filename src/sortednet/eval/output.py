@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sortednet.io import write_file_atomically, write_text_atomically
 from sortednet.tables import markdown_table
+from sortednet.tracking import wandb_credentials
 
 
 def free_path(path: Path) -> Path:
@@ -166,8 +167,6 @@ def start_wandb(project: str | None, run_dir: Path, name: str, config: dict):
         wandb = sys.modules.get("wandb")
         return (getattr(wandb, "run", None), False) if wandb is not None else (None, False)
     import wandb
-
-    from sortednet.tracking import wandb_credentials
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials() else "offline")
     run = wandb.init(project=project, name=name, dir=str(run_dir), config=config, job_type="evaluate", mode=mode)

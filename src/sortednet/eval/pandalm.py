@@ -18,6 +18,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from sortednet.errors import SortedNetError
+from sortednet.eval.exits import greedy_answers
+from sortednet.hub import load_causal_lm, load_tokenizer
+from sortednet.model import SortedLM
 
 # The two headers of the released judge's prompt (the training format; the judge relies on it verbatim).
 HEADER_WITH_INPUT = (
@@ -168,9 +171,6 @@ def answer_texts(answers: Sequence[str | Mapping], items: Sequence[Mapping], nam
 def _judge_texts(judge, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
     """The judge's greedy continuation of each prompt, in order (the full model through the shared
     exit-K decoder; prompts are batched longest first so each batch holds prompts of similar length)."""
-    from sortednet.eval.exits import greedy_answers
-    from sortednet.model import SortedLM
-
     ids = tokenizer(prompts)["input_ids"]
     positions = getattr(judge.config, "max_position_embeddings", None)
     longest = max(map(len, ids))
@@ -246,8 +246,6 @@ def load_judge(path_or_id: str, device="cpu", *, dtype: str = "float32", cache_d
     local directory). The tokenizer needs a pad token for batching: without one its eos token is used; with
     neither this is a :class:`SortedNetError`. ``padding_side`` is set to ``left``.
     """
-    from sortednet.hub import load_causal_lm, load_tokenizer
-
     tokenizer = load_tokenizer(path_or_id, cache_dir)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

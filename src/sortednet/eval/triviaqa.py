@@ -16,7 +16,9 @@ from sortednet.data.prompts import encode_prompts
 from sortednet.data.triviaqa import read_triviaqa
 from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import each_checkpoint
+from sortednet.eval.exits import greedy_answers
 from sortednet.eval.output import json_lines_text, plot_per_exit, show_table
+from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
 
 _PUNCTUATION = set(string.punctuation) | set("‘’´`“”")
@@ -85,8 +87,6 @@ def score_answers(predictions: Sequence[str], alias_lists: Sequence[Sequence[str
 def question_prompts(tokenizer, meta: dict, records: Sequence[dict]) -> list[list[int]]:
     """Token ids of each question in the checkpoint's prompt template, tokenized as training tokenizes prompts
     (the tokenizer's own special tokens, e.g. LLaMA's BOS, included)."""
-    from sortednet.inference.load import prompt_style_of
-
     questions = [{"instruction": r["question"].strip()} for r in records]
     return encode_prompts(tokenizer, prompt_style_of(meta, tokenizer), questions)
 
@@ -103,8 +103,6 @@ def evaluate_exits(
     """Greedy closed-book answers of each exit to TriviaQA records (from :func:`sortednet.data.triviaqa.read_triviaqa`),
     scored. One dict per exit: ``exit``, the :func:`score_answers` fields, and ``examples`` (per question:
     ``id``, ``question``, ``answers``, ``prediction``, ``em_cased``, ``em``, ``f1``) for a JSONL dump."""
-    from sortednet.eval.exits import greedy_answers
-
     if not rows:
         raise SortedNetError("no TriviaQA questions to evaluate; pass a file with at least one row")
     bad = [e for e in exits if not (isinstance(e, int) and 1 <= e <= net.num_layers)]

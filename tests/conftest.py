@@ -255,6 +255,18 @@ def compose_train(*overrides: str):
 # ---------------------------------------------------------------- checkpoints as training writes them
 
 
+def sorted_module(model=None, objective=None, exits=(2, 4, 6, 8), cache_dir=None, **kwargs):
+    """A SortedModule as ``sortednet.train`` builds it (weights loaded by ``build_net``, then handed to the
+    module); ``model``/``objective`` default to the embedded model and SoFT; ``kwargs`` go to the module."""
+    from sortednet.config import ModelConfig, ObjectiveConfig
+    from sortednet.objectives import build_net
+    from sortednet.training.module import SortedModule
+
+    model, objective = model or ModelConfig(), objective or ObjectiveConfig()
+    net, built_exits = build_net(model, objective, list(exits), str(cache_dir) if cache_dir else None)
+    return SortedModule(net, built_exits, model, objective, **kwargs)
+
+
 def save_checkpoint(path: Path, state_dict: dict, meta) -> Path:
     """A checkpoint in the format Lightning + SortedModule.on_save_checkpoint write; ``meta`` a
     :class:`sortednet.checkpoint.Metadata` or its record as a dict (a hand-made one, to test the reader)."""
@@ -276,13 +288,10 @@ def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     own heads for 2,4,6; tied: a 4-layer LLaMA with tied embeddings and an own head for exit 2."""
     from transformers import AutoModelForCausalLM
 
-    from sortednet.config import ModelConfig, ObjectiveConfig
     from sortednet.model import SortedLM
-    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("ckpts")
-    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
-    module.configure_model()
+    module = sorted_module(cache_dir=cache_dir)
     paths = {"soft": save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
 
     torch.manual_seed(1)

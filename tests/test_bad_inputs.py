@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, save_checkpoint, train_in_process
+from conftest import one_line_error, save_checkpoint, sorted_module, train_in_process
 from sortednet import calibrate, consolidate, evaluate, export, generate, plan
-from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.embedded import make_rows
 
 READ_ONLY = "/sys/sortednet-test/out"  # not writable even by root: sysfs refuses new entries
@@ -25,11 +24,9 @@ READ_ONLY = "/sys/sortednet-test/out"  # not writable even by root: sysfs refuse
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """Good and bad inputs, by name: data files, checkpoints, paths under files."""
-    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("inputs")
-    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
-    module.configure_model()
+    module = sorted_module(cache_dir=cache_dir)
     meta = module.metadata()
     ckpt = save_checkpoint(root / "soft.ckpt", module.state_dict(), meta)
     paths = {"ckpt": ckpt, "data": root / "rows.json", "binary": root / "binary.json", "empty": root / "empty.json"}

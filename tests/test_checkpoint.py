@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import one_line, save_checkpoint
+from conftest import one_line, one_line_error, run_main, save_checkpoint
 from sortednet import consolidate, export
 from sortednet.checkpoint import ExportRecord, Metadata, read_metadata
 from sortednet.errors import SortedNetError
@@ -79,6 +79,13 @@ def test_ict_sub_model_serves_its_own_exit_consolidated_keeps_every_head(ckpts, 
         got, want = ours.exit_logits(IDS, None, [2, 8]), theirs.exit_logits(IDS, None, [2, 8])
     for e in (2, 8):
         torch.testing.assert_close(got[e], want[e], rtol=0, atol=0)
+
+
+def test_a_lower_exit_of_an_ict_sub_model_is_refused(exported, tmp_path, capsys):
+    """Exit 2 of the ICT sub-model 4 would be layers 1-2 read through exit 4's head: not the source's exit 2."""
+    code, _, err = run_main(export.main, [f"ckpt={exported['ict4']}", "exit=2", f"out={tmp_path / 'x'}"], capsys)
+    one_line_error(code, err, "exit 4's own (ICT) head", "from the training checkpoint")
+    assert not (tmp_path / "x").exists()
 
 
 def test_an_exported_directory_is_not_a_training_checkpoint(exported):

@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import save_tiny
-from sortednet.config import ModelConfig, ObjectiveConfig
-from sortednet.training.module import SortedModule
+from conftest import save_tiny, sorted_module
+from sortednet.config import ModelConfig
 
 
 def _step(model_dir, batch, compile_layers: bool):
-    module = SortedModule(ModelConfig(name_or_path=str(model_dir)), ObjectiveConfig(), exits=[1, 2],
-                          compile_layers=compile_layers)  # fmt: skip
-    module.configure_model()
+    module = sorted_module(ModelConfig(name_or_path=str(model_dir)), exits=[1, 2], compile_layers=compile_layers)
     loss, losses = module.training_loss(batch, step=0)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}

@@ -8,9 +8,11 @@ import lightning as L
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
 
 from conftest import CONF, compose_train
 from sortednet.hub import causal_lm_from_config
+from sortednet.objectives import apply_objective
 from sortednet.training.datamodule import AlpacaDataModule
 from sortednet.training.module import build_module
 
@@ -25,13 +27,19 @@ def test_the_paper_experiments_exist():
     assert {"soft_13b", "sft_13b", "ict_13b", "soft_7b"} <= set(EXPERIMENTS)
 
 
+def _module_on_meta(cfg):
+    """The run's module as train builds it, over the model's architecture on the meta device (no weights)."""
+    causal_lm = causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta")
+    net, exits = apply_objective(causal_lm, cfg.objective, cfg.exits, cfg.model.lora)
+    return build_module(cfg, net, exits, instantiate(cfg.optimizer))
+
+
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_experiment_composes_and_instantiates_on_meta(name, tokenizer):
     cfg = compose_train(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
     assert cfg.seed == 42 and cfg.optimizer["lr"] == 2e-5 and cfg.trainer["precision"] == "bf16-mixed"
     assert cfg.strategy.name == "fsdp" and cfg.data.global_batch_size == 128  # 4 x 8 GPUs x 4 accumulation
-    module = build_module(cfg)
-    module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
+    module = _module_on_meta(cfg)
     assert sum(p.numel() for p in module.net.lm.parameters()) == PARAMS[cfg.model.name_or_path]
     heads = module.net.exit_heads
     extra = sum(p.numel() for p in heads.parameters()) if heads is not None else 0
@@ -58,8 +66,7 @@ def test_smollm2_experiment_composes_and_instantiates_on_meta(name):
     cfg = compose_train(f"experiment={name}", "objective.init_from=/ckpt/of/sft/last.ckpt")
     assert cfg.model.name_or_path.endswith("/smollm2/hf") and cfg.data.path.endswith("/smollm2/data/train.json")
     assert cfg.seed == 42 and cfg.optimizer["lr"] == 1e-4 and cfg.data.prompt_style == "chat"
-    module = build_module(cfg)
-    module.setup_net(causal_lm_from_config(cfg.model.architecture, cfg.model.dtype, device="meta"))
+    module = _module_on_meta(cfg)
     if name == "smollm2_extracted":
         assert module.eval_exits == module.train_exits == [18] and module.net.num_layers == 18
         return

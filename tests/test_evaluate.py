@@ -16,9 +16,8 @@ import pytest
 import torch
 from rouge_score.rouge_scorer import RougeScorer
 
-from conftest import one_line_error, run_main, save_checkpoint, save_tiny
+from conftest import one_line_error, run_main, save_checkpoint, save_tiny, sorted_module
 from sortednet import evaluate
-from sortednet.config import ModelConfig, ObjectiveConfig
 from sortednet.data.alpaca import Collator, pad_id, tokenize_rows
 from sortednet.embedded import make_rows
 from sortednet.eval.exits import format_report, greedy_answers, greedy_ids
@@ -37,11 +36,9 @@ PANDALM_ITEMS = [
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """soft: the embedded 8-layer LLaMA with exits 2,4,6,8; sft: the same, objective sft, weights perturbed."""
-    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("eval-ckpts")
-    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
-    module.configure_model()
+    module = sorted_module(cache_dir=cache_dir)
     paths = {"soft": save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())}
     torch.manual_seed(3)
     state = {k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v for k, v in module.state_dict().items()}

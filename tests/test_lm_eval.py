@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error, save_checkpoint
+from conftest import one_line_error, save_checkpoint, sorted_module
 from sortednet import evaluate, export
-from sortednet.config import ModelConfig, ObjectiveConfig
 
 WORDS = ["red", "blue", "green", "apple", "river", "stone", "cat", "dog"]
 MC_YAML = """task: sn_choice
@@ -56,11 +55,9 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def setup(tmp_path_factory, cache_dir) -> dict:
     """A SoFT checkpoint of the embedded model (exits 2,4,6,8) and a task directory: a multiple-choice task and a
     generate_until task over local JSON lines."""
-    from sortednet.training.module import SortedModule
 
     root = tmp_path_factory.mktemp("lm-eval")
-    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[2, 4, 6, 8], cache_dir=str(cache_dir))
-    module.configure_model()
+    module = sorted_module(cache_dir=cache_dir)
     ckpt = save_checkpoint(root / "soft.ckpt", module.state_dict(), module.metadata())
     tasks = root / "tasks"
     tasks.mkdir()

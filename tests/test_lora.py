@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_checkpoint, run_cli, save_checkpoint, succeeded, train_in_process
+from conftest import run_checkpoint, run_cli, save_checkpoint, sorted_module, succeeded, train_in_process
 from sortednet import export
 from sortednet.config import LoraConfig, ModelConfig, ObjectiveConfig
 from sortednet.embedded import make_rows
@@ -18,7 +18,7 @@ from sortednet.hub import load_causal_lm
 from sortednet.inference.load import load_sorted
 from sortednet.lora import add_lora_
 from sortednet.model import SortedLM
-from sortednet.training.module import SortedModule
+from sortednet.objectives import build_net
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8"]
 ADAPTER = (".lora_A.default.weight", ".lora_B.default.weight")
@@ -80,9 +80,7 @@ def test_lora_checkpoint_holds_adapters_and_loads_merged(lora_run, cache_dir, to
     assert any(v.abs().sum() > 0 for v in trained_B)  # the adapters moved
 
     # the same adapters on the base model, unmerged, against the loader's merged model
-    module = SortedModule(ModelConfig(lora=LoraConfig(rank=4, alpha=8)), ObjectiveConfig(), exits=[2, 4, 6, 8])
-    module.cache_dir = str(cache_dir)
-    module.configure_model()
+    module = sorted_module(ModelConfig(lora=LoraConfig(rank=4, alpha=8)), cache_dir=cache_dir)
     module.load_state_dict(checkpoint["state_dict"], strict=False)
     net, _, meta = load_sorted(str(lora_run / "checkpoints" / "last.ckpt"), cache_dir)
     assert meta.lora["rank"] == 4 and not any(isinstance(m, LoraLayer) for m in net.modules())
@@ -183,4 +181,4 @@ def test_bad_adapter_settings_are_one_line_errors(tmp_path, cache_dir, capsys, m
         assert code != 0, overrides
         assert message in err and "Traceback" not in err, (overrides, err[-800:])
     with pytest.raises(SortedNetError, match="drop model.lora.rank"):
-        SortedModule(ModelConfig(lora=LoraConfig(rank=4)), ObjectiveConfig(name="ict", init_from="x.ckpt"))
+        build_net(ModelConfig(lora=LoraConfig(rank=4)), ObjectiveConfig(name="ict", init_from="x.ckpt"), "all")

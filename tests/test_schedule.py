@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import save_tiny, sorted_module
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
 from sortednet.schedule import ExitSchedule
-from sortednet.training.module import SortedModule
 
 EXITS = [1, 2, 3, 4]
 
@@ -27,8 +26,7 @@ VARIANTS = {
 def module(tmp_path_factory):
     """A SoFT module whose exits each get their own (untied) head, so each exit's gradient is visible."""
     path = save_tiny("llama", tmp_path_factory.mktemp("m"))
-    module = SortedModule(ModelConfig(name_or_path=str(path)), ObjectiveConfig("soft"), exits=EXITS)
-    module.configure_model()
+    module = sorted_module(ModelConfig(name_or_path=str(path)), ObjectiveConfig("soft"), exits=EXITS)
     module.net.add_exit_heads(EXITS)
     return module
 

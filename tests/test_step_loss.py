@@ -9,10 +9,9 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import rows_of_very_different_lengths, save_tiny
+from conftest import rows_of_very_different_lengths, save_tiny, sorted_module
 from sortednet.config import DataConfig, ModelConfig, ObjectiveConfig
 from sortednet.training.datamodule import AlpacaDataModule
-from sortednet.training.module import SortedModule
 
 
 class _Grads(L.Callback):
@@ -29,12 +28,12 @@ class _Grads(L.Callback):
 def _first_step_grads(model_dir, tokenizer, data_file, cache_dir, batch_size: int, accumulate: int, **objective):
     torch.manual_seed(0)
     data = DataConfig(path=str(data_file), batch_size=batch_size, val_size=4, max_length=96)
-    module = SortedModule(
+    module = sorted_module(
         ModelConfig(name_or_path=str(model_dir)),
         ObjectiveConfig(**objective),
         exits=[2, 4],
+        cache_dir=cache_dir,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.0),
-        cache_dir=str(cache_dir),
     )
     grads = _Grads()
     trainer = L.Trainer(

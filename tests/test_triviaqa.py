@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import sortednet.data.triviaqa
-from conftest import one_line
+from conftest import one_line, sorted_module
+from sortednet.checkpoint import Metadata
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import load_tokenized, tokenized_split
 from sortednet.data.prompts import ALPACA, TRIVIAQA
@@ -427,24 +428,23 @@ RECORDS = [
 ]
 
 
+def _meta(style: str, template: dict | None = None) -> Metadata:
+    """A checkpoint record of the embedded model with prompt style ``style`` (and an exported template)."""
+    return Metadata("soft", [2, 8], 8, {}, "embedded", prompt_style=style, prompt_template=template)
+
+
 def test_question_prompts_use_the_checkpoint_template_like_training(tokenizer):
     question = RECORDS[0]["question"]
-    triviaqa = question_prompts(tokenizer, {"prompt_style": "triviaqa"}, RECORDS)
+    triviaqa = question_prompts(tokenizer, _meta("triviaqa"), RECORDS)
     assert triviaqa[0] == tokenizer(f"Question: {question}\nAnswer:")["input_ids"]
     assert triviaqa[0][0] == tokenizer.bos_token_id
-    assert (
-        question_prompts(tokenizer, {"prompt_style": "alpaca"}, RECORDS)[0]
-        == (tokenizer(ALPACA.format(question))["input_ids"])
-    )
-    exported = {
-        "prompt_style": "custom",
-        "prompt_template": {"with_input": "{input}", "without_input": "Q {instruction} A"},
-    }
+    assert question_prompts(tokenizer, _meta("alpaca"), RECORDS)[0] == (tokenizer(ALPACA.format(question))["input_ids"])
+    exported = _meta("custom", {"with_input": "{input}", "without_input": "Q {instruction} A"})
     assert question_prompts(tokenizer, exported, RECORDS)[1] == tokenizer("Q Who wrote Hamlet? A")["input_ids"]
 
 
 def test_evaluate_exits_scores_each_exit_greedy_answers(net, tokenizer, tmp_path):
-    meta = {"prompt_style": "triviaqa"}
+    meta = _meta("triviaqa")
     prompts = [tokenizer(TRIVIAQA.format(r["question"]))["input_ids"] for r in RECORDS]
     last = greedy_answers(net, tokenizer, prompts, 8, 8, batch_size=2)
     # Make exit 8's first answer right, so its cased exact match is known not to be zero.
@@ -469,7 +469,7 @@ def test_evaluate_exits_scores_each_exit_greedy_answers(net, tokenizer, tmp_path
 
 
 def test_evaluate_exits_refuses_bad_input(net, tokenizer):
-    meta = {"prompt_style": "triviaqa"}
+    meta = _meta("triviaqa")
     with pytest.raises(SortedNetError) as error:
         evaluate_exits(net, tokenizer, meta, [], [8])
     assert "no TriviaQA questions" in one_line(error)
@@ -485,11 +485,8 @@ def test_evaluate_suite_reads_the_real_file_and_refuses_an_unknown_layout(cache_
     import torch
 
     from sortednet import evaluate
-    from sortednet.config import ModelConfig, ObjectiveConfig
-    from sortednet.training.module import SortedModule
 
-    module = SortedModule(ModelConfig(), ObjectiveConfig(), exits=[4, 8], cache_dir=str(cache_dir))
-    module.configure_model()
+    module = sorted_module(exits=[4, 8], cache_dir=cache_dir)
     ckpt = tmp_path / "soft.ckpt"
     torch.save(
         {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,

@@ -71,6 +71,12 @@ def check_exit(exit_: int | None, meta: Metadata, num_layers: int) -> None:
             f"exit={exit_} is outside [1, {num_layers}] (the checkpoint has {num_layers} layers; "
             f"trained exits: {meta.exits})"
         )
+    origin = meta.exported_from
+    if origin is not None and origin.exit_heads and exit_ not in meta.exits:
+        raise SortedNetError(
+            f"exit={exit_} of {meta.source!r} would read exit {meta.num_layers}'s own (ICT) head, not exit {exit_}'s; "
+            f"export exit={exit_} from the training checkpoint {origin.source!r}"
+        )
     if exit_ not in meta.exits:
         print(
             f"sortednet: warning: exit {exit_} is not one of the trained exits {meta.exits}; exporting it anyway",

@@ -5,9 +5,10 @@
 - ``ict`` (intermediate classifier tuning): the decoder of an SFT checkpoint frozen, one new head per exit below L;
 - ``extracted``: the model cut down to its first K layers, fine-tuned as a model of its own.
 
-:func:`apply_objective` turns a causal LM (weights loaded, or on the meta device) into the :class:`SortedLM` an
-objective trains; :func:`train_exits` names the exits of its loss. The LightningModule
-(:class:`sortednet.training.module.SortedModule`) and ``python -m sortednet.plan`` both build on these.
+:func:`build_net` builds what a run trains, once: the causal LM (weights loaded, or on the meta device), the ICT
+checkpoint it starts from, and the objective applied by :func:`apply_objective`; :func:`train_exits` names the exits
+of its loss. ``sortednet.train`` builds the net here and hands it to the LightningModule
+(:class:`sortednet.training.module.SortedModule`); ``python -m sortednet.plan`` builds on :func:`apply_objective`.
 Nothing in this file knows about Lightning or Hydra.
 """
 
@@ -18,8 +19,9 @@ import logging
 from torch import nn
 
 from sortednet.checkpoint import Metadata, read_metadata, read_training_checkpoint
-from sortednet.config import LoraConfig, ObjectiveConfig
+from sortednet.config import LoraConfig, ModelConfig, ObjectiveConfig
 from sortednet.errors import SortedNetError
+from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
 from sortednet.lora import add_lora_
 from sortednet.model import SortedLM, resolve_exits, truncate_layers_
 
@@ -58,6 +60,24 @@ def apply_objective(
     if lora.rank:  # adapters only: the base weights, shared norm and head stay frozen
         add_lora_(causal_lm, lora)
     return net, resolved
+
+
+def build_net(
+    model: ModelConfig, objective: ObjectiveConfig, exits, cache_dir: str | None = None, meta: bool = False
+) -> tuple[SortedLM, list[int]]:
+    """The net a run trains and its exits: ``model`` loaded (``meta=True``: its shapes only, on the meta device,
+    no weights read, as FSDP shards it before loading), ICT's starting checkpoint loaded into it (checked against
+    it on meta), then the objective applied (:func:`apply_objective`). Config errors come before any weight is read."""
+    check_objective(objective, model.lora)
+    if meta:
+        causal_lm = causal_lm_from_config(load_config(model.name_or_path, cache_dir), model.dtype, device="meta")
+        if objective.name == "ict":  # the metadata only: under FSDP only rank 0 reads the weights
+            check_init_checkpoint(SortedLM(causal_lm), objective.init_from)
+    else:
+        causal_lm = load_causal_lm(model.name_or_path, model.dtype, cache_dir, model.quantization)
+        if objective.name == "ict":
+            load_sorted_checkpoint(SortedLM(causal_lm), objective.init_from)
+    return apply_objective(causal_lm, objective, exits, model.lora)
 
 
 def train_exits(objective: str, exits: list[int]) -> list[int]:

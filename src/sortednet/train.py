@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, open_dict, read_write
 
@@ -22,6 +23,7 @@ from sortednet.config import TrainConfig
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import exit_report, format_report
 from sortednet.hub import load_tokenizer
+from sortednet.objectives import build_net, check_objective
 from sortednet.training import loggers, optim, preflight, ranks
 from sortednet.training.callbacks import TokenThroughput
 from sortednet.training.compat import spawns_ranks_by_rerunning_the_script
@@ -136,18 +138,19 @@ def train(cfg: TrainConfig, resolved: dict, task_config: DictConfig | None = Non
     cfg.cache_dir = os.path.expanduser(cfg.cache_dir)
     trainer_args = configure_strategy(cfg)
     trainer_args.setdefault("enable_model_summary", False)  # replaced by _model_line
-    module = build_module(cfg)
-    if module.optimizer_factory is not None:
-        optim.check(module.optimizer_factory, str(trainer_args.get("accelerator", "auto")))
+    check_objective(cfg.objective, cfg.model.lora)
+    optimizer = instantiate(cfg.optimizer) if cfg.optimizer else None
+    if optimizer is not None:
+        optim.check(optimizer, str(trainer_args.get("accelerator", "auto")))
+    # Built once, here, and handed down: the tokenizer, the data, the net. Model, exits and data are checked before
+    # any process, logger or file is started. Under FSDP the net is built on the meta device and its weights are
+    # loaded later, inside Lightning's configure_model, after sharding (load_full, on rank 0).
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg.cache_dir)
     datamodule = AlpacaDataModule(cfg.data, tokenizer, cfg.cache_dir, seed=cfg.seed)
-    # Check model, exits and data before any process, logger or file is started. Under FSDP the weights
-    # are loaded later, inside Lightning's configure_model, after sharding: check on the meta device.
     fsdp = cfg.strategy.name == "fsdp"
-    if fsdp:
-        module.check()
-    else:
-        module.configure_model()
+    net, exits = build_net(cfg.model, cfg.objective, cfg.exits, cfg.cache_dir, meta=fsdp)
+    load_full = (lambda: build_net(cfg.model, cfg.objective, cfg.exits, cfg.cache_dir)[0]) if fsdp else None
+    module = build_module(cfg, net, exits, optimizer, load_full)
     if cfg.ckpt_path:
         preflight.check_resume(cfg, module.metadata())
     datamodule.prepare_data()

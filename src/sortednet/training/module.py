@@ -1,4 +1,9 @@
-"""The LightningModule: a sorted model, an objective, the optimizer and the per-exit metrics."""
+"""The LightningModule: a sorted model, an objective, the optimizer and the per-exit metrics.
+
+The module is handed the net it trains, built once by :func:`sortednet.objectives.build_net` (``sortednet.train``
+builds it, with the tokenizer and the data); it loads nothing itself. The one exception is FSDP: the net comes on
+the meta device, and ``configure_model`` shards it and fills it from ``load_full`` on rank 0.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.optim.lr_scheduler import LambdaLR
@@ -18,17 +22,10 @@ from sortednet.checkpoint import RECORD_KEY, Metadata
 from sortednet.config import LossConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from sortednet.errors import SortedNetError
 from sortednet.flops import train_step_flops
-from sortednet.hub import causal_lm_from_config, load_causal_lm, load_config
 from sortednet.lora import lora_state
 from sortednet.loss import count_labels
 from sortednet.model import SortedLM
-from sortednet.objectives import (
-    apply_objective,
-    check_init_checkpoint,
-    check_objective,
-    load_sorted_checkpoint,
-    train_exits,
-)
+from sortednet.objectives import train_exits
 from sortednet.schedule import ExitSchedule
 from sortednet.training.compat import non_persistent_buffer_names
 
@@ -46,98 +43,72 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int, min_lr_ratio: float)
 
 
 class SortedModule(L.LightningModule):
-    """Trains a :class:`~sortednet.model.SortedLM` with one of the objectives of :mod:`sortednet.objectives`.
+    """Trains ``net`` (a :class:`~sortednet.model.SortedLM` with its objective applied, exits ``exits``: the output
+    of :func:`sortednet.objectives.build_net`) with the loss of its objective.
 
     ``eval_exits`` (every exit of the set) are reported in validation whatever the objective;
-    ``train_exits`` are the exits the loss is taken at (:func:`sortednet.objectives.train_exits`).
+    ``train_exits`` are the exits the loss is taken at (:func:`sortednet.objectives.train_exits`). ``model`` and
+    ``objective`` are the configs the net was built from, recorded in checkpoints. Under FSDP ``net`` is on the meta
+    device and ``load_full`` builds it with its weights (called on rank 0 only).
     """
 
     def __init__(
         self,
+        net: SortedLM,
+        exits: list[int],
         model: ModelConfig,
         objective: ObjectiveConfig,
         loss: LossConfig | None = None,
-        exits="every_2",
         optimizer: Callable | None = None,
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
-        cache_dir: str | None = None,
         activation_checkpointing: bool = False,
         mixed_precision: bool = False,
         prompt_style: str = "alpaca",
         compile_layers: bool = False,
         precision: str | None = None,
+        load_full: Callable[[], SortedLM] | None = None,
     ):
         super().__init__()
-        check_objective(objective, model.lora)
         self.model_config, self.objective, self.loss_config = model, objective, loss or LossConfig()
-        self.exit_spec, self.optimizer_factory = exits, optimizer
-        self.warmup_steps, self.min_lr_ratio, self.cache_dir = warmup_steps, min_lr_ratio, cache_dir
+        self.optimizer_factory, self.load_full = optimizer, load_full
+        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         # mixed_precision: FSDP2 computes in bf16 over the parameters' own dtype (fp32 master weights)
-        self.activation_checkpointing, self.mixed_precision = activation_checkpointing, mixed_precision
+        self.mixed_precision = mixed_precision
         self.prompt_style = prompt_style  # recorded in checkpoints, so inference formats prompts the same way
-        self.compile_layers = compile_layers
         self.precision = precision  # trainer.precision, recorded in checkpoints
         self.save_hyperparameters(
             {
                 "model": dataclasses.asdict(model),
                 "objective": dataclasses.asdict(objective),
                 "loss": dataclasses.asdict(self.loss_config),
-                "exits": exits,
+                "exits": list(exits),
             }
         )
-        self.net: SortedLM | None = None
         self._step_sums: dict = {}  # the running optimizer step's per-exit loss (see _step_token_mean)
         # A LoRA checkpoint holds the adapters only; resuming loads them over the freshly loaded base model.
         self.strict_loading = not model.lora.rank
-
-    # ---------------------------------------------------------------- model
-    def configure_model(self) -> None:
-        """Load the model; under ModelParallelStrategy (``self.device_mesh`` set) shard it with FSDP2 first."""
-        if self.device_mesh is not None:
-            self._shard(self.device_mesh["data_parallel"])
-        elif self.net is None:
-            self.setup_net(self._loaded_causal_lm())
-
-    def check(self) -> None:
-        """Everything :meth:`configure_model` checks — model path and config, exits, the ICT checkpoint —
-        on the meta device, without loading weights. Leaves the empty model for FSDP to shard."""
-        config = load_config(self.model_config.name_or_path, self.cache_dir)
-        causal_lm = causal_lm_from_config(config, self.model_config.dtype, device="meta")
-        if self.objective.name == "ict":  # the metadata only: under FSDP only rank 0 reads the weights
-            check_init_checkpoint(SortedLM(causal_lm), self.objective.init_from)
-        self.setup_net(causal_lm)
-
-    def _loaded_causal_lm(self) -> torch.nn.Module:
-        model = self.model_config
-        causal_lm = load_causal_lm(model.name_or_path, model.dtype, self.cache_dir, model.quantization)
-        if self.objective.name == "ict":
-            load_sorted_checkpoint(SortedLM(causal_lm), self.objective.init_from)
-        return causal_lm
-
-    def _objective_view(self, causal_lm: torch.nn.Module) -> tuple[SortedLM, list[int]]:
-        """``causal_lm`` with the objective applied (:func:`sortednet.objectives.apply_objective`), then this run's
-        activation checkpointing and compilation. Returns the net and its exits."""
-        net, exits = apply_objective(causal_lm, self.objective, self.exit_spec, self.model_config.lora)
-        if self.activation_checkpointing:  # per decoder layer; non-reentrant, so FSDP2 hooks stay in order
-            causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.compile_layers:
+        if activation_checkpointing:  # per decoder layer; non-reentrant, so FSDP2 hooks stay in order
+            net.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if compile_layers:
             # One graph per decoder layer (all layers share its code, so it compiles once), before FSDP wraps each
             # layer; the multi-exit loss, whose row counts change every batch, stays eager.
             for layer in net.decoder.layers:
                 layer.compile()
-        return net, exits
-
-    def setup_net(self, causal_lm: torch.nn.Module) -> None:
-        """Wrap ``causal_lm`` (weights loaded, or on the meta device) and apply the objective."""
-        net, exits = self._objective_view(causal_lm)
-        self.net, self.eval_exits = net, exits
+        self.net, self.eval_exits = net, list(exits)
         self.train_exits = train_exits(self.objective.name, exits)
         self.schedule = ExitSchedule(self.train_exits, self.loss_config)
         self.val_loss = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits})
         # agreement with the deepest exit (below it only): expected acceptance and greedy agreement per position
         self.val_accept = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits[:-1]})
         self.val_agree = torch.nn.ModuleDict({str(e): MeanMetric() for e in exits[:-1]})
+
+    # ---------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy (``self.device_mesh`` set) shard the net with FSDP2 and load it; otherwise the
+        net came built."""
+        if self.device_mesh is not None:
+            self._shard(self.device_mesh["data_parallel"])
 
     def _shard(self, mesh) -> None:
         """FSDP2: one unit per decoder layer, the rest (embeddings, final norm, LM head, ICT heads) in the root
@@ -150,8 +121,8 @@ class SortedModule(L.LightningModule):
         """
         if isinstance(self.net, FSDPModule):  # configure_model runs again for validate/test
             return
-        if self.net is None or not next(self.net.parameters()).is_meta:
-            self.check()
+        if self.load_full is None or not next(self.net.parameters()).is_meta:
+            raise SortedNetError("FSDP shards a net built on the meta device with load_full; build it with meta=True")
         net = self.net
         policy = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16 if self.mixed_precision else None,
@@ -167,7 +138,7 @@ class SortedModule(L.LightningModule):
         device = self.trainer.strategy.root_device
         net.to_empty(device=device)
         _rebuild_non_persistent_buffers(net, device)
-        full = self._objective_view(self._loaded_causal_lm())[0].state_dict() if self.global_rank == 0 else {}
+        full = self.load_full().state_dict() if self.global_rank == 0 else {}
         set_model_state_dict(net, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def metadata(self) -> Metadata:
@@ -329,20 +300,28 @@ def _rebuild_non_persistent_buffers(module: torch.nn.Module, device: torch.devic
             setattr(sub, name, getattr(fresh, name).to(getattr(sub, name).dtype))
 
 
-def build_module(cfg: TrainConfig) -> SortedModule:
-    """The LightningModule of a run, before its weights are loaded (``configure_model``)."""
+def build_module(
+    cfg: TrainConfig,
+    net: SortedLM,
+    exits: list[int],
+    optimizer: Callable | None = None,
+    load_full: Callable[[], SortedLM] | None = None,
+) -> SortedModule:
+    """The LightningModule of a run, over the net built from its config (:func:`sortednet.objectives.build_net`) and
+    its optimizer factory (``instantiate(cfg.optimizer)``)."""
     return SortedModule(
+        net,
+        exits,
         cfg.model,
         cfg.objective,
         cfg.loss,
-        exits=cfg.exits,
-        optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
+        optimizer=optimizer,
         warmup_steps=cfg.warmup_steps,
         min_lr_ratio=cfg.min_lr_ratio,
-        cache_dir=cfg.cache_dir,
         activation_checkpointing=cfg.strategy.activation_checkpointing,
         mixed_precision=cfg.strategy.name == "fsdp" and str(cfg.trainer.get("precision")) == "bf16-mixed",
         prompt_style=cfg.data.prompt_style,
         compile_layers=bool(cfg.trainer.get("compile", False)),
         precision=str(cfg.trainer.get("precision", "32-true")),
+        load_full=load_full,
     )

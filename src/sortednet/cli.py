@@ -278,7 +278,7 @@ def guarded(body: Callable[[], object], argv: Sequence[str], help_text: Callable
 
 def quiet_transformers() -> None:
     """No progress bars or advisory warnings from transformers on stderr (ours carries timings)."""
-    import transformers
+    import transformers  # lazy: about a second to import, and the command line itself needs none of it
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

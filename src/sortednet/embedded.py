@@ -17,6 +17,9 @@ import os
 import random
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 from sortednet.data.prompts import ALPACA
 from sortednet.io import write_dir_atomically
 
@@ -88,8 +91,7 @@ def make_rows(n: int = N_EXAMPLES, seed: int = 0) -> list[dict]:
 
 def _build_tokenizer(rows: list[dict]):
     """A byte-level BPE tokenizer trained on the data set's prompts and answers, LLaMA-style specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers is slow to import (seconds)
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -118,8 +120,7 @@ def materialise(root: str | os.PathLike) -> Path:
         return target
 
     def write(tmp: Path) -> None:
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM  # lazy: seconds to import, for the first run only
 
         rows = make_rows()
         (tmp / "data.json").write_text(json.dumps(rows, indent=1))

@@ -212,7 +212,7 @@ def evaluate(cfg: EvaluateConfig) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     def run(cfg: EvaluateConfig) -> None:
         cli.quiet_transformers()
-        import datasets
+        import datasets  # lazy: about 2 s to import; --help and argument errors need none of it
 
         datasets.disable_progress_bars()  # the embedded split is tokenized once, quietly
         evaluate(cfg)

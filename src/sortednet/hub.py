@@ -18,6 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants
 
 from sortednet.embedded import materialise
 from sortednet.errors import SortedNetError
@@ -56,8 +57,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     Without this, ``from_pretrained`` on a machine with no route to the hub retries for about a minute
     before failing; with it, such machines go straight to the local cache (``local_files_only``).
     """
-    from huggingface_hub import constants
-
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -139,7 +138,7 @@ def _not_found(name: str, what: str, error: Exception) -> SortedNetError:
 
 
 def load_tokenizer(name_or_path: str, cache_dir=None):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers is slow to import
 
     return _from_pretrained(AutoTokenizer, resolve(name_or_path, "tokenizer", cache_dir), "tokenizer")
 
@@ -150,7 +149,7 @@ def load_causal_lm(
     """A causal LM from a hub id or a local directory (``from_pretrained``, weights included).
 
     ``quantization="nf4"`` loads the decoder's linears in 4 bits on this process's CUDA device (QLoRA)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: slow to import
 
     weights = resolve_dtype(dtype)
     path = resolve(name_or_path, "model", cache_dir)
@@ -177,7 +176,7 @@ def _forget_gguf_quantization(model) -> None:
 
 def load_config(name_or_path: str, cache_dir=None):
     """The Hugging Face config of a hub id or local directory, without its weights."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: slow to import
 
     return _from_pretrained(AutoConfig, resolve(name_or_path, "model", cache_dir), "model")
 
@@ -185,7 +184,7 @@ def load_config(name_or_path: str, cache_dir=None):
 def causal_lm_from_config(architecture, dtype: str = "float32", device: str | torch.device = "meta"):
     """Build a model from a config (a dict or a Hugging Face config) without weights (``meta`` by default):
     for plans, config tests and FSDP, which shards the empty model before loading its weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: slow to import
 
     weights = resolve_dtype(dtype)
     config = AutoConfig.for_model(**architecture) if isinstance(architecture, dict) else architecture
@@ -200,7 +199,7 @@ QUANTIZATIONS = ("nf4",)
 
 def nf4_config(compute_dtype: torch.dtype = torch.bfloat16):
     """The QLoRA paper's quantization: 4-bit NormalFloat with double quantization, bf16 compute."""
-    try:
+    try:  # lazy: bitsandbytes is an optional extra (sortednet[bnb]), and transformers is slow to import
         import bitsandbytes  # noqa: F401
     except ImportError as error:
         raise SortedNetError(

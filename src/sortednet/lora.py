@@ -44,7 +44,7 @@ def peft_lora_config(settings: LoraConfig):
 
 def add_lora_(lm: nn.Module, settings: LoraConfig):
     """Freeze ``lm`` and give the target linears of its decoder layers PEFT adapters, in place; the PeftModel."""
-    import peft
+    import peft  # lazy: see peft_lora_config
 
     if settings.rank < 1:
         raise SortedNetError(f"model.lora.rank={settings.rank}; LoRA needs a rank >= 1 (e.g. model.lora.rank=16)")

@@ -11,7 +11,7 @@ def rouge_l(answers: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F-measure of each answer against its reference, by Google's ``rouge-score`` (its tokenizer:
     lower case, alphanumeric tokens; Porter stemming, as in the summarisation and Super-NaturalInstructions
     evaluations)."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # lazy: seconds to import (NLTK), and only ROUGE-L needs it
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return [scorer.score(ref, answer)["rougeL"].fmeasure for answer, ref in zip(answers, references, strict=True)]

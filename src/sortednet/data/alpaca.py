@@ -77,7 +77,7 @@ def load_tokenized(
     path: str, tokenizer, prompt_style: str, max_length: int, mask_prompt: bool, cache_dir: str | os.PathLike
 ):
     """The tokenized data set as a ``datasets.Dataset``, built once per (file, tokenizer, settings)."""
-    import datasets
+    import datasets  # lazy: about 2 s to import, for the data set of a run only
 
     settings = dict(prompt_style=prompt_style, max_length=max_length, mask_prompt=mask_prompt)
     target = Path(cache_dir) / "tokenized" / _fingerprint(path, tokenizer, **settings)

@@ -63,7 +63,7 @@ def _holds_json_lines(text: str) -> bool:
 
 
 def _read_hub_rows(hub_id: str) -> list[dict]:
-    import datasets
+    import datasets  # lazy: about 2 s to import, for hub data sets only
 
     if not hub_reachable():
         raise SortedNetError(

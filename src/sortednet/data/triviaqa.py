@@ -56,7 +56,7 @@ def read_triviaqa(source: str, split: str = "validation", config: str = DEFAULT_
 
 
 def _read_hub(hub_id: str, split: str, config: str) -> list[dict]:
-    import datasets
+    import datasets  # lazy: about 2 s to import, for hub data sets only
 
     if not hub_reachable():
         raise SortedNetError(

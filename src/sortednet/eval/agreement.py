@@ -27,9 +27,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sortednet.data.rows import json_lines
 from sortednet.errors import SortedNetError
-from sortednet.eval.output import format_table, show_table
+from sortednet.eval.output import format_table, pyplot, show_table
 from sortednet.eval.pandalm import judge_pair_sets, load_judge
 from sortednet.hub import default_cache_dir, resolve_dtype
 from sortednet.inference.load import resolve_device
@@ -269,11 +271,7 @@ def format_confusion(label: str, confusion: Mapping[str, Mapping[str, int]]) -> 
 
 def plot_confusions(confusions: Mapping[str, Mapping[str, Mapping[str, int]]]):
     """One heatmap per judge: human majority (rows) against the judge's verdict (columns), row-normalised."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(confusions), figsize=(1 + 4.5 * len(confusions), 4), squeeze=False)
     for axis, (label, confusion) in zip(axes[0], confusions.items(), strict=True):

@@ -29,7 +29,7 @@ from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import requested_exits
 from sortednet.eval.exits import greedy_ids
 from sortednet.eval.generation import encode, read_instructions
-from sortednet.eval.output import show_table
+from sortednet.eval.output import pyplot, show_table
 from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
 from sortednet.io import write_file_atomically, write_text_atomically
 from sortednet.model import SortedLM
@@ -175,10 +175,7 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
 def plot_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Two panels, KL and cosine against the generated position, one line per exit (per ``label`` and exit
     when rows carry a ``label``, e.g. to overlay two models), saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not rows:
         raise SortedNetError("no similarity rows to plot")

@@ -30,7 +30,7 @@ KEPT = ("results", "configs", "versions", "n-shot", "higher_is_better", "n-sampl
 
 def task_manager(include_path: str | None):
     """lm-eval's TaskManager (with the user's task directory), or a one-line error naming the fix."""
-    try:
+    try:  # lazy: lm-evaluation-harness is an optional extra (sortednet[eval])
         from lm_eval.tasks import TaskManager
     except ImportError as error:
         raise SortedNetError(
@@ -67,7 +67,7 @@ def check_tasks(manager, tasks: Sequence[str]) -> list[str]:
 
 def evaluate_exit(net, tokenizer, exit_: int, tasks, manager, *, num_fewshot, limit, batch_size: int) -> dict:
     """lm-eval's results for sub-model ``exit_`` of ``net``: the ``simple_evaluate`` dict without per-sample logs."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # lazy: the optional extra (sortednet[eval])
     from lm_eval.models.huggingface import HFLM
     from lm_eval.utils import handle_non_serializable
 

@@ -97,7 +97,7 @@ class RunDir:
     def log_table(self, name: str, rows: Sequence[dict]) -> None:
         """``rows`` as a W&B table (nothing without a W&B run)."""
         if self.wandb_run is not None and rows:
-            import wandb
+            import wandb  # lazy: slow to import, and only a W&B run needs it
 
             columns = list(dict.fromkeys(key for row in rows for key in row))
             data = [[row.get(c) for c in columns] for row in rows]
@@ -116,7 +116,7 @@ class RunDir:
 
     def figure(self, name: str, figure) -> Path:
         """A matplotlib figure as ``<name>.png`` (and a W&B image); the figure is closed."""
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy, as wandb below: slow to import (see pyplot, log_table)
 
         path = self.path(f"{name}.png")
         try:
@@ -132,18 +132,24 @@ class RunDir:
     def image(self, name: str, path: Path) -> None:
         """Log a PNG written by someone else's plotting function."""
         if self.wandb_run is not None and path.is_file():
-            import wandb
+            import wandb  # lazy: see log_table
 
             self.wandb_run.log({f"eval/{name}/plot": wandb.Image(str(path))})
 
 
-def plot_per_exit(table: Sequence[dict], panels: Sequence[tuple[str, str]], title: str):
-    """One panel per ``(key, label)``: the value against the exit, one line per checkpoint (``name``)."""
-    import matplotlib
+def pyplot():
+    """matplotlib's ``pyplot``, drawing off-screen (the Agg backend: no display needed)."""
+    import matplotlib  # lazy: about a second to import, and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_per_exit(table: Sequence[dict], panels: Sequence[tuple[str, str]], title: str):
+    """One panel per ``(key, label)``: the value against the exit, one line per checkpoint (``name``)."""
+    plt = pyplot()
     panels = [(key, label) for key, label in panels if any(row.get(key) is not None for row in table)]
     figure, axes = plt.subplots(1, len(panels), figsize=(1 + 5 * len(panels), 4), squeeze=False)
     for axis, (key, label) in zip(axes[0], panels, strict=True):
@@ -166,7 +172,7 @@ def start_wandb(project: str | None, run_dir: Path, name: str, config: dict):
     if project is None:  # an active run exists only if wandb was imported already
         wandb = sys.modules.get("wandb")
         return (getattr(wandb, "run", None), False) if wandb is not None else (None, False)
-    import wandb
+    import wandb  # lazy: see log_table
 
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials() else "offline")
     run = wandb.init(project=project, name=name, dir=str(run_dir), config=config, job_type="evaluate", mode=mode)

@@ -16,10 +16,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sortednet.errors import SortedNetError
 from sortednet.eval.agreement import load_checked_judge
 from sortednet.eval.generation import generate_all, read_answer_file, read_instructions
-from sortednet.eval.output import free_path, json_lines_text, show_table
+from sortednet.eval.output import free_path, json_lines_text, pyplot, show_table
 from sortednet.eval.pandalm import answer_texts, check_items, judge_pair_sets, score
 from sortednet.io import write_file_atomically, write_text_atomically
 
@@ -120,15 +122,11 @@ def plot_heatmap(records: Sequence[Mapping], path: str | Path, title: str = "") 
     """A heatmap PNG of the judge matrix: rows are model A's answer sets, columns model B's, each cell
     coloured and labelled with A's score against B (diverging colormap centred at 0 over [-1, 1]; a pair
     missing from ``records`` or with no parseable verdict is grey, labelled ``n/a``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    plt = pyplot()
 
     rows, cols, scores = _grid(records)
     values = np.array([[scores.get((row, col), math.nan) for col in cols] for row in rows], dtype=float)
-    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="lightgrey")
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="lightgrey")
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.7 * len(rows)), layout="constrained")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1.0, vmax=1.0, aspect="auto")
     for i, j in np.ndindex(values.shape):

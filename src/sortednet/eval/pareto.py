@@ -12,7 +12,7 @@ from sortednet.eval import pairwise
 from sortednet.eval.checkpoints import each_checkpoint
 from sortednet.eval.generation import generate_all, read_instructions
 from sortednet.eval.loss import checkpoint_losses, loss_settings, recorded_loss
-from sortednet.eval.output import show_table
+from sortednet.eval.output import pyplot, show_table
 from sortednet.inference.latency import latency_profile
 
 # metric -> whether a higher value is better
@@ -53,10 +53,7 @@ def pareto_table(points: list[dict], metric: str) -> list[dict]:
 def plot_pareto(table: list[dict], metric: str, cost_label: str = "ms per token (greedy, batch 1)"):
     """One marker series per checkpoint, each point labelled with its exit; each checkpoint's frontier as a
     dashed line and the frontier over all checkpoints as a wide grey band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 5))
     overall = sorted((r for r in table if r["on_global_frontier"]), key=lambda r: r["ms_per_token"])

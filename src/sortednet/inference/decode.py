@@ -131,7 +131,7 @@ class LayerStack:
     """Hidden states, cache and per-layer prefix lengths of a batch; runs decoder layers over its rows."""
 
     def __init__(self, net: SortedLM, prompts: Sequence[Sequence[int]], capacity: int):
-        from transformers import __version__ as transformers_version
+        from transformers import __version__ as transformers_version  # lazy: slow to import, only its version read
 
         self.net = net
         self.layers = net.decoder.layers

@@ -22,7 +22,7 @@ EXTRA_HINT = "pip install 'sortednet[llamacpp]' (builds llama.cpp from source, a
 
 def require_llama_cpp():
     """The ``llama_cpp`` module, or a one-line error naming the extra that installs it."""
-    try:
+    try:  # lazy: llama-cpp-python is an optional extra (sortednet[llamacpp])
         import llama_cpp
     except ImportError as error:
         raise SortedNetError(f"llama.cpp rows need llama-cpp-python, which is not installed; {EXTRA_HINT}") from error
@@ -88,7 +88,7 @@ def exit_draft(path: str | os.PathLike, num_pred_tokens: int = 4, n_ctx: int = 5
     returns the sub-model's ``num_pred_tokens`` greedy tokens. ``Llama(full.gguf, draft_model=...)`` verifies
     them in one batch; under greedy decoding the output is the full model's, whatever the draft proposes."""
     require_llama_cpp()
-    from llama_cpp.llama_speculative import LlamaDraftModel
+    from llama_cpp.llama_speculative import LlamaDraftModel  # lazy: the optional extra, checked above
 
     class ExitDraft(LlamaDraftModel):
         def __init__(self):

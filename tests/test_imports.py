@@ -1,10 +1,14 @@
 """The import graph of sortednet, read from the source with ``ast`` (module-level and function-level imports
 alike): no cycles among sortednet modules, a core that imports neither Lightning nor Hydra, Lightning only in the
-training stack, every arrow pointing down the layers of GUIDE §3, and no command importing another."""
+training stack, every arrow pointing down the layers of GUIDE §3, and no command importing another. And where
+imports sit: sortednet's own at the top of their files, and a third-party import inside a function (a heavy or
+optional dependency, loaded lazily) with a comment that says why."""
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -223,3 +227,92 @@ def test_the_layer_checks_find_wrong_arrows():
         {"sortednet.plan": {"sortednet.train", "sortednet.model"}, "sortednet.io": set()}
     )
     assert found == ["sortednet.plan imports ['sortednet.train']"]
+
+
+def _function_imports(source: str) -> list[tuple[str, ast.Import | ast.ImportFrom]]:
+    """``(function, statement)`` for each import statement inside a function body, in source order; the function
+    by its qualified name in the module (``LayerStack.__init__``, ``materialise.write``)."""
+    found = []
+
+    def visit(node: ast.AST, name: str, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import | ast.ImportFrom) and in_function:
+                found.append((name, child))
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                inner = f"{name}.{child.name}" if name else child.name
+                visit(child, inner, in_function or not isinstance(child, ast.ClassDef))
+            else:
+                visit(child, name, in_function)
+
+    visit(ast.parse(source), "", False)
+    return found
+
+
+def _imported_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    return [node.module or ""] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]
+
+
+def _sortednet_imports_in_functions(source: str) -> list[str]:
+    """``function:line`` of each import of a sortednet module (or a relative one) inside a function."""
+    return [
+        f"{function}:{node.lineno}"
+        for function, node in _function_imports(source)
+        if (node.level if isinstance(node, ast.ImportFrom) else 0)
+        or any(name.split(".")[0] == "sortednet" for name in _imported_modules(node))
+    ]
+
+
+def _lazy_imports_without_a_reason(source: str) -> list[str]:
+    """``function:line`` of the first import inside each function that has no comment on its line or the line
+    above (one comment per function says why its imports wait)."""
+    comments = {
+        token.start[0]
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    first: dict[str, ast.Import | ast.ImportFrom] = {}
+    for function, node in _function_imports(source):
+        first.setdefault(function, node)
+    return [
+        f"{function}:{node.lineno}" for function, node in first.items() if not {node.lineno - 1, node.lineno} & comments
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_sortednet_imports_sit_at_the_top_of_their_files(name):
+    """A lazy import of our own module hides an arrow (or a cycle) from the reader: imports go on top, and a
+    wrong arrow is mended by moving code, not by hiding the import in a function."""
+    assert _sortednet_imports_in_functions(MODULES[name].read_text()) == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_lazy_import_says_why(name):
+    """A third-party import inside a function is there for a reason (slow to import, an optional extra): the
+    comment on its line or the line above gives it."""
+    assert _lazy_imports_without_a_reason(MODULES[name].read_text()) == []
+
+
+def test_the_import_placement_checks_find_misplaced_imports():
+    source = (
+        "import torch\n"
+        "from sortednet.io import read_text\n\n"
+        "def f():\n"
+        "    from sortednet.hub import resolve\n"
+        "    import wandb\n\n"
+        "class C:\n"
+        "    def g(self):\n"
+        "        from . import errors  # a comment does not excuse it\n\n"
+        "        def h():\n"
+        "            # lazy: slow to import\n"
+        "            import matplotlib\n"
+        "            import matplotlib.pyplot\n\n"
+        "def k():\n"
+        "    import datasets  # lazy: slow to import\n"
+        "    import peft\n"
+        "    return '# not a comment'\n\n"
+        "def m():\n"
+        "    x = '# not a comment either'\n"
+        "    import numpy\n"
+    )
+    assert _sortednet_imports_in_functions(source) == ["f:5", "C.g:10"]
+    assert _lazy_imports_without_a_reason(source) == ["f:5", "m:24"]

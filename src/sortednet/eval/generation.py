@@ -38,12 +38,11 @@ from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import each_checkpoint
 from sortednet.eval.exits import exact_match, greedy_ids
 from sortednet.eval.output import plot_per_exit, show_table
-from sortednet.hub import default_cache_dir, resolve
+from sortednet.hub import EMBEDDED, default_cache_dir, resolve
 from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
 from sortednet.metrics import rouge_l
 
-EMBEDDED = "embedded"
 PANDALM_FILE = "testset-inference-v1.json"
 PANDALM_URL = "https://raw.githubusercontent.com/WeOpenML/PandaLM/main/data/testset-inference-v1.json"
 

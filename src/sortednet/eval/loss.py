@@ -19,10 +19,8 @@ from sortednet.data.triviaqa import training_rows  # TriviaQA files become quest
 from sortednet.eval.checkpoints import each_checkpoint
 from sortednet.eval.generation import checkpoint_stamp
 from sortednet.eval.output import plot_per_exit, show_table
-from sortednet.hub import default_cache_dir
+from sortednet.hub import EMBEDDED, default_cache_dir
 from sortednet.loss import count_labels
-
-EMBEDDED = "embedded"
 
 
 def validation_rows(

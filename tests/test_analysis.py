@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import one_line, save_tiny
-from sortednet.data.prompts import ALPACA
 from sortednet.errors import SortedNetError
 from sortednet.eval.analysis import exit_similarity, greedy_continuations, plot_curves, write_csv
 from sortednet.model import SortedLM
+from sortednet.prompts import ALPACA
 
 INSTRUCTIONS = ["What color is the apple?", "What is 3 plus 4?", "Write the words in reverse order."]
 EXITS = [2, 4, 8]

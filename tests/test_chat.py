@@ -14,11 +14,11 @@ import torch
 from conftest import chat_tokenizer, run_module, save_tiny, train_in_process
 from sortednet import export, generate
 from sortednet.data.alpaca import tokenize_rows
-from sortednet.data.prompts import ChatStyle, get_prompt_style
 from sortednet.errors import SortedNetError
 from sortednet.eval.exits import greedy_answers
 from sortednet.inference.load import load_sorted, prompt_style_of
 from sortednet.loss import IGNORE_INDEX
+from sortednet.prompts import ChatStyle, get_prompt_style
 
 ROWS = [
     {"instruction": "What color is the apple?", "input": "", "output": "The apple is red."},

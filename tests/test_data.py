@@ -19,11 +19,11 @@ from sortednet.data.alpaca import (
     split,
     tokenize_rows,
 )
-from sortednet.data.prompts import ALPACA, get_prompt_style
 from sortednet.data.rows import check_rows, read_rows
 from sortednet.embedded import TASKS, make_rows, materialise
 from sortednet.errors import SortedNetError
 from sortednet.loss import IGNORE_INDEX
+from sortednet.prompts import ALPACA, get_prompt_style
 from sortednet.training.datamodule import AlpacaDataModule
 
 # The `embedded_root` and `tokenizer` fixtures come from conftest.py: the embedded assets, written once per

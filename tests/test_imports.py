@@ -28,7 +28,7 @@ CORE = [
     "sortednet.embedded",
     "sortednet.io",
     "sortednet.errors",
-    "sortednet.data.prompts",
+    "sortednet.prompts",
     *sorted(f"sortednet.inference.{p.stem}" for p in (PACKAGE / "inference").glob("*.py") if p.stem != "__init__"),
 ]
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf")
@@ -48,8 +48,8 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 TRAINING = {name for name in MODULES if name.startswith("sortednet.training")}
 # The layers of GUIDE §3, lowest first: a module imports from its own layer or below, never above. The top-level
-# modules (model, loss, hub, checkpoint, config, ...) are the core, and so is data.prompts (the prompt styles,
-# which the core's embedded model formats with); the commands are the top. A new package gets its layer here.
+# modules (model, loss, hub, checkpoint, prompts, config, ...) are the core; the commands are the top. A new package
+# gets its layer here.
 LAYERS = ("core", "data", "inference", "eval", "training", "commands")
 PACKAGE_LAYERS = {
     "data": "data",
@@ -59,7 +59,6 @@ PACKAGE_LAYERS = {
     "training": "training",
     "conf": "core",  # Hydra's config files (no modules)
 }
-CORE_IN_PACKAGES = {"sortednet.data.prompts"}
 
 
 def _imports(name: str) -> set[str]:
@@ -117,7 +116,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read():
     assert "sortednet.model" in GRAPH["sortednet.training.module"] and len(MODULES) > 30
-    assert "sortednet.data.prompts" in GRAPH["sortednet.data.alpaca"]
+    assert "sortednet.prompts" in GRAPH["sortednet.data.alpaca"]
 
 
 def test_no_import_cycles_among_sortednet_modules():
@@ -159,7 +158,7 @@ def _layer(name: str) -> int:
     if name in COMMANDS:
         return LAYERS.index("commands")
     parts = name.split(".")
-    if name in CORE_IN_PACKAGES or len(parts) < 3 and not (PACKAGE / parts[-1]).is_dir():
+    if len(parts) < 3 and not (PACKAGE / parts[-1]).is_dir():
         return LAYERS.index("core")
     return LAYERS.index(PACKAGE_LAYERS[parts[1]])
 
@@ -216,7 +215,9 @@ def test_the_layer_checks_find_wrong_arrows():
     assert _upward({"sortednet.inference.decode": {"sortednet.eval.loss"}}) == [
         "sortednet.inference.decode (inference) -> sortednet.eval.loss (eval)"
     ]
-    assert _upward({"sortednet.embedded": {"sortednet.data.prompts"}}) == []  # data.prompts counts as core
+    assert _upward({"sortednet.embedded": {"sortednet.data.alpaca"}}) == [
+        "sortednet.embedded (core) -> sortednet.data.alpaca (data)"
+    ]
     found = _lightning_outside_training(
         {"sortednet.eval.exits": {"lightning", "torch"}, "sortednet.training.module": {"lightning"}}
     )

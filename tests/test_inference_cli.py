@@ -14,11 +14,11 @@ import torch
 
 from conftest import main_in_process, one_line_error, run_main, save_tiny
 from sortednet import export, generate
-from sortednet.data.prompts import ALPACA
 from sortednet.eval.exits import greedy_answers
 from sortednet.inference import latency
 from sortednet.inference.load import load_sorted
 from sortednet.inference.stream import TextStream
+from sortednet.prompts import ALPACA
 
 PROMPT = "What color is the apple?"
 N = 12  # new tokens per answer: the random model rarely stops early, so answers are N tokens long

@@ -13,7 +13,6 @@ from conftest import one_line, sorted_module
 from sortednet.checkpoint import Metadata
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import load_tokenized, tokenized_split
-from sortednet.data.prompts import ALPACA, TRIVIAQA
 from sortednet.data.triviaqa import (
     is_triviaqa_hub_id,
     read_triviaqa,
@@ -34,6 +33,7 @@ from sortednet.eval.triviaqa import (
     write_predictions,
 )
 from sortednet.loss import IGNORE_INDEX
+from sortednet.prompts import ALPACA, TRIVIAQA
 from sortednet.training.datamodule import AlpacaDataModule
 
 

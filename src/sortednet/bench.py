@@ -27,9 +27,9 @@ from sortednet.benchmarks.generate import (
     measured_and_calibration_rows,
 )
 from sortednet.benchmarks.train import IMPLS, OPTIMIZERS, PRECISIONS, SHAPES, bench_train, format_table
-from sortednet.data.prompts import encode_prompts
 from sortednet.errors import SortedNetError
 from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
+from sortednet.prompts import encode_prompts
 
 
 @dataclass

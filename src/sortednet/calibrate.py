@@ -13,11 +13,11 @@ import sys
 from dataclasses import dataclass
 
 from sortednet import cli
-from sortednet.data.prompts import encode_prompts
 from sortednet.data.rows import held_out_rows
 from sortednet.errors import SortedNetError
 from sortednet.inference.calibrate import calibrate
 from sortednet.inference.load import load_sorted, prompt_style_of
+from sortednet.prompts import encode_prompts
 from sortednet.tables import markdown_table
 
 

@@ -157,7 +157,7 @@ class DataConfig:
     """Alpaca-format ``.json``/``.jsonl`` file, or a hub id such as ``tatsu-lab/alpaca``; with
     ``data=triviaqa``, a TriviaQA file or hub id (see ``sortednet.data.triviaqa``)."""
     prompt_style: str = "alpaca"
-    """Prompt template, from :data:`sortednet.data.prompts.PROMPT_STYLES`."""
+    """Prompt template, from :data:`sortednet.prompts.PROMPT_STYLES`."""
     max_length: int = ranged(512, Range(2, whole=True))
     """Tokens per example; longer examples lose the end of their response."""
     mask_prompt: bool = True

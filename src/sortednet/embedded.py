@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from sortednet.data.prompts import ALPACA
 from sortednet.io import write_dir_atomically
+from sortednet.prompts import ALPACA
 
 VERSION = "v2"
 WORDS = (

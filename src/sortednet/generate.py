@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from sortednet import cli
-from sortednet.data.prompts import encode_prompts
 from sortednet.data.rows import read_rows
 from sortednet.errors import SortedNetError
 from sortednet.inference.decode import generate_batch
@@ -23,6 +22,7 @@ from sortednet.inference.latency import device_key, latency_profile, pick_exit, 
 from sortednet.inference.load import load_sorted, prompt_style_of, resolve_device
 from sortednet.inference.stream import TextStream
 from sortednet.io import read_text
+from sortednet.prompts import encode_prompts
 
 MODES = ("exit", "speculative", "dynamic")
 

@@ -8,7 +8,6 @@ import time
 import torch
 
 from sortednet.data.alpaca import pad_id
-from sortednet.data.prompts import encode_prompts
 from sortednet.data.rows import held_out_rows
 from sortednet.errors import SortedNetError
 from sortednet.flops import layer_matmul_params
@@ -16,6 +15,7 @@ from sortednet.inference.calibrate import calibrate
 from sortednet.inference.decode import decode_all
 from sortednet.inference.load import load_sorted, prompt_style_of
 from sortednet.metrics import mean_score
+from sortednet.prompts import encode_prompts
 from sortednet.tables import markdown_table
 
 

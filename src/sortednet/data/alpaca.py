@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from sortednet.data.prompts import get_prompt_style
 from sortednet.data.rows import check_rows
 from sortednet.data.triviaqa import training_rows
 from sortednet.errors import SortedNetError
 from sortednet.hub import resolve
 from sortednet.io import read_bytes, write_dir_atomically
 from sortednet.loss import IGNORE_INDEX
+from sortednet.prompts import get_prompt_style
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the tokenized columns change

@@ -32,7 +32,6 @@ import torch
 
 from sortednet.config import DataConfig
 from sortednet.data.alpaca import split
-from sortednet.data.prompts import encode_prompts
 from sortednet.data.rows import check_rows, json_lines, read_rows
 from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import each_checkpoint
@@ -42,6 +41,7 @@ from sortednet.hub import EMBEDDED, default_cache_dir, resolve
 from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
 from sortednet.metrics import rouge_l
+from sortednet.prompts import encode_prompts
 
 PANDALM_FILE = "testset-inference-v1.json"
 PANDALM_URL = "https://raw.githubusercontent.com/WeOpenML/PandaLM/main/data/testset-inference-v1.json"

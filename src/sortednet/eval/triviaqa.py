@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from sortednet.data.prompts import encode_prompts
 from sortednet.data.triviaqa import read_triviaqa
 from sortednet.errors import SortedNetError
 from sortednet.eval.checkpoints import each_checkpoint
@@ -20,6 +19,7 @@ from sortednet.eval.exits import greedy_answers
 from sortednet.eval.output import json_lines_text, plot_per_exit, show_table
 from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
+from sortednet.prompts import encode_prompts
 
 _PUNCTUATION = set(string.punctuation) | set("‘’´`“”")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

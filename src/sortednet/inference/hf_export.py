@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from sortednet.checkpoint import EXIT_HEADS_FILE, PROMPT_STYLE_FILE, RECORD_KEY, ExportRecord
-from sortednet.data.prompts import ChatStyle, PromptStyle, template_record
 from sortednet.io import write_dir_atomically
+from sortednet.prompts import ChatStyle, PromptStyle, template_record
 
 
 def write_hf_model(

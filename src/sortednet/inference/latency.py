@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from sortednet.data.prompts import encode_prompts
 from sortednet.errors import SortedNetError
 from sortednet.inference.decode import generate_batch
 from sortednet.inference.load import prompt_style_of
 from sortednet.io import write_text_atomically
+from sortednet.prompts import encode_prompts
 
 PROFILE_TOKENS, PROFILE_WARMUP, PROFILE_REPEATS = 16, 2, 5
 PROFILE_INSTRUCTION = "Write one sentence about the weather."

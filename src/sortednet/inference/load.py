@@ -23,12 +23,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+try:
+    from transformers.initialization import no_init_weights  # its place since transformers 5
+except ImportError:  # older layouts: initialising is only slower
+    no_init_weights = None
+
 from sortednet.checkpoint import Metadata, read_metadata, read_training_checkpoint
-from sortednet.data.prompts import ChatStyle, PromptStyle, get_prompt_style
 from sortednet.errors import SortedNetError
 from sortednet.hub import load_tokenizer
 from sortednet.lora import adapted_base
 from sortednet.model import SortedLM
+from sortednet.prompts import ChatStyle, PromptStyle, get_prompt_style
 
 
 def load_sorted(ckpt: str, cache_dir=None, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
@@ -66,11 +71,7 @@ def prompt_style_of(meta: Metadata, tokenizer) -> PromptStyle | ChatStyle:
 
 def _no_init():
     """Skip random initialisation when every weight is loaded right after (much faster for large models)."""
-    try:
-        from transformers.initialization import no_init_weights  # moved in transformers 5
-    except ImportError:  # older layouts: initialising is only slower
-        return contextlib.nullcontext()
-    return no_init_weights()
+    return no_init_weights() if no_init_weights is not None else contextlib.nullcontext()
 
 
 def build_model(state: dict[str, torch.Tensor], meta: Metadata, source: str, cache_dir=None):

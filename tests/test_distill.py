@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import save_tiny
-from sortednet.loss import exit_agreement, label_positions, self_distillation_loss
+from sortednet.loss import exit_metrics, label_positions, self_distillation_loss
 from sortednet.model import SortedLM
 
 EXITS = [1, 2, 4]
@@ -94,22 +94,30 @@ def test_distill_zero_is_the_soft_loss(lm):
     torch.testing.assert_close(torch.autograd.grad(distilled, head)[0], torch.autograd.grad(soft, head)[0])
 
 
-def test_exit_agreement_equals_full_logits_reference(lm):
+def test_exit_metrics_equal_full_logits_reference(lm):
+    """Validation's one pass: each exit's cross-entropy equals the training loss's per-exit value, and the agreement
+    sums equal those of full probabilities, over chunks smaller than the rows."""
+    from sortednet.loss import multi_exit_loss
+
     ids, mask, labels = _batch()
     net = SortedLM(lm)
-    positions, _ = label_positions(labels)
+    positions, targets = label_positions(labels)
+    heads = {e: net.lm_head for e in EXITS}
     with torch.no_grad():
         rows = net.exit_hidden_states(ids, mask, EXITS, positions)
-        sums = exit_agreement(rows, {e: net.lm_head for e in EXITS}, chunk_elements=101 * 5)
+        losses, sums = exit_metrics(rows, heads, targets, chunk_elements=101 * 5)
         logits, _ = _full_logits(lm, ids, mask, labels)
+        reference = multi_exit_loss(rows, heads, targets)[1]
+    assert sorted(losses) == EXITS and sorted(sums) == EXITS[:-1]
+    for e in EXITS:
+        torch.testing.assert_close(losses[e], reference[e], rtol=1e-5, atol=1e-5)
     deep = logits[EXITS[-1]].softmax(-1)
-    assert sorted(sums) == EXITS[:-1]
     for e in EXITS[:-1]:
         p = logits[e].softmax(-1)
         accept, agree = sums[e]
         torch.testing.assert_close(accept, torch.minimum(p, deep).sum(), rtol=1e-5, atol=1e-5)
         assert int(agree) == int((p.argmax(-1) == deep.argmax(-1)).sum())
     # an exit that is the deepest itself agrees everywhere
-    same = exit_agreement({1: rows[4], 4: rows[4]}, {1: net.lm_head, 4: net.lm_head})
+    _, same = exit_metrics({1: rows[4], 4: rows[4]}, {1: net.lm_head, 4: net.lm_head}, targets)
     n = rows[4].shape[0]
     assert int(same[1][1]) == n and abs(float(same[1][0]) - n) < 1e-3

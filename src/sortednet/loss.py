@@ -246,25 +246,41 @@ def self_distillation_loss(
 
 
 @torch.no_grad()
-def exit_agreement(
-    rows: Mapping[int, torch.Tensor], heads: Mapping[int, torch.nn.Linear], chunk_elements: int = CHUNK_ELEMENTS
-) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """How well each exit below the deepest agrees with it at the same positions: per exit, the sums over positions
-    of the expected acceptance ``sum_v min(p_exit, p_deepest)`` (the chance that speculative sampling accepts a token
-    drafted from the exit) and of greedy agreement (the exit's argmax is the deepest's). Divide by the row count for
-    means. Chunks of positions: two chunks of probabilities at a time."""
+def exit_metrics(
+    rows: Mapping[int, torch.Tensor],
+    heads: Mapping[int, torch.nn.Linear],
+    targets: torch.Tensor,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[dict[int, torch.Tensor], dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Validation's numbers from one pass over each exit's logits, no gradients: per exit, the token-mean
+    cross-entropy against ``targets``; per exit below the deepest, how well it agrees with the deepest at the same
+    positions, as sums over positions of the expected acceptance ``sum_v min(p_exit, p_deepest)`` (the chance that
+    speculative sampling accepts a token drafted from the exit) and of greedy agreement (the exit's argmax is the
+    deepest's); divide those by the row count for means. Chunks of positions, a few chunks of logits at a time, each
+    exit's head applied once per position."""
     *shallower, deepest = sorted(rows)
     n = rows[deepest].shape[0]
     chunk_rows = max(1, chunk_elements // heads[deepest].out_features)
     zero = torch.zeros((), device=rows[deepest].device)
-    sums = {e: (zero, zero) for e in shallower}
-    for start in range(0, n, chunk_rows):
-        chunk = slice(start, start + chunk_rows)
-        p_deep = heads[deepest](rows[deepest][chunk]).float().softmax(-1)
-        top_deep = p_deep.argmax(-1)
-        for e in shallower:
-            p = heads[e](rows[e][chunk]).float().softmax(-1)
-            accept, agree = sums[e]
-            sums[e] = (accept + torch.minimum(p, p_deep).sum(), agree + (p.argmax(-1) == top_deep).sum())
-            del p
-    return sums
+    ce = dict.fromkeys(rows, zero)
+    agreement = {e: (zero, zero) for e in shallower}
+    with torch.no_grad():
+        for start in range(0, n, chunk_rows):
+            chunk = slice(start, start + chunk_rows)
+            p_deep, ce_deep = _probs_and_ce(heads[deepest], rows[deepest][chunk], targets[chunk])
+            ce[deepest] = ce[deepest] + ce_deep
+            top_deep = p_deep.argmax(-1)
+            for e in shallower:
+                p, ce_exit = _probs_and_ce(heads[e], rows[e][chunk], targets[chunk])
+                accept, agree = agreement[e]
+                agreement[e] = (accept + torch.minimum(p, p_deep).sum(), agree + (p.argmax(-1) == top_deep).sum())
+                ce[e] = ce[e] + ce_exit
+                del p
+    return {e: ce[e] / max(n, 1) for e in sorted(rows)}, agreement
+
+
+def _probs_and_ce(head: torch.nn.Linear, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probabilities of ``head(x)`` (float32) and the summed cross-entropy against ``targets``."""
+    logp = head(x).float().log_softmax(-1)
+    ce = -logp.gather(1, targets[:, None]).sum()
+    return logp.exp_(), ce

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sortednet.errors import SortedNetError
-from sortednet.loss import exit_agreement, label_positions, multi_exit_loss, self_distillation_loss
+from sortednet.loss import exit_metrics, label_positions, multi_exit_loss, self_distillation_loss
 
 PAPER_13B_EXITS = [12, 16, 20, 24, 28, 32, 36, 40]
 
@@ -202,13 +202,13 @@ class SortedLM(nn.Module):
         return multi_exit_loss(rows, {e: self.head(e) for e in exits}, targets, weights)
 
     def exit_metrics(self, input_ids, attention_mask, labels, exits: Sequence[int]):
-        """Validation, from one pass through the decoder: each exit's cross-entropy at the label positions, and how
-        each exit below the deepest agrees with it there (:func:`sortednet.loss.exit_agreement`: sums of the
-        expected acceptance and of greedy agreement). Registered as an FSDP2 forward method like ``exit_losses``."""
+        """Validation, from one pass through the decoder and one through each exit's head: each exit's
+        cross-entropy at the label positions, and how each exit below the deepest agrees with it there
+        (:func:`sortednet.loss.exit_metrics`: sums of the expected acceptance and of greedy agreement). Registered
+        as an FSDP2 forward method like ``exit_losses``."""
         positions, targets = label_positions(labels)
         rows = self.exit_hidden_states(input_ids, attention_mask, exits, positions)
-        heads = {e: self.head(e) for e in exits}
-        return multi_exit_loss(rows, heads, targets)[1], exit_agreement(rows, heads)
+        return exit_metrics(rows, {e: self.head(e) for e in exits}, targets)
 
     def exit_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, exits: Sequence[int]

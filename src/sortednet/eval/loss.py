@@ -45,7 +45,7 @@ def validation_rows(
 def per_exit_loss(net, rows: list[dict], exits: list[int], pad: int, batch_size: int = 8) -> dict[int, dict]:
     """``{exit: {"loss", "ppl", "accept", "agree", "tokens"}}``: the token-mean cross-entropy of each exit over
     ``rows``, and its agreement with the model's last exit at the same positions (the expected acceptance of a
-    speculative draft and the greedy agreement, :func:`sortednet.loss.exit_agreement`; 1 at the last exit).
+    speculative draft and the greedy agreement, :func:`sortednet.loss.exit_metrics`; 1 at the last exit).
 
     Batches are cut from the rows sorted by length, so a batch pads to nearly its own rows' length (on Alpaca
     rows of <= 256 tokens this halves the positions computed); a token mean does not depend on the order."""

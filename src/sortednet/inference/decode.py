@@ -37,7 +37,12 @@ that are judged, and plain decoding (timed: the yardstick) runs in between:
   probes' cost is bounded: about log2(steps / BASE_PAUSE) probes, never a share of the steps; a winning
   judgement resets the pause;
 - the first judgement with no plain timing yet is preceded by :attr:`DraftSwitch.YARDSTICK_STEPS` plain
-  steps that measure it.
+  steps that measure it;
+- a draft exit that cannot pay is retired for good: when a stretch loses, the switch bounds the best speed-up
+  drafting could reach (:meth:`DraftSwitch.ceiling`: the acceptance seen so far, taken optimistically, and a
+  draft costing only its share of the layers); below 1, with :attr:`DraftSwitch.MIN_EVIDENCE` drafted positions
+  judged, there are no more probes. On a real model whose exits agree too little for their depth, that is
+  what keeps speculative decoding at plain decoding's speed instead of paying a probe per pause.
 
 One switch can serve several calls (:func:`decode_all` shares one over its batches), so a short answer
 does not pay a fresh probe: what earlier calls learnt carries over. docs/decoding.md has the arithmetic.
@@ -411,7 +416,8 @@ def _speculative_round(
     drafts plus the full model's token where the first one erred. ``next_drafts = 0`` is a plain step.
     Each row sets its own next draft count from its own acceptance (one more after all its drafts passed,
     else as many as passed; at most ``max_draft``), so a row whose drafts fail stops paying for them while
-    its neighbours draft on. Returns the rows still running, the tokens drafted and accepted.
+    its neighbours draft on. Returns the rows still running, the tokens drafted and accepted, and the rows
+    whose drafts stopped at a rejected one (a draft's acceptance is accepted / (accepted + rejected)).
     """
     full, E = stack.net.num_layers, draft_exit
     start = [row.pending for row in rows]
@@ -439,20 +445,20 @@ def _speculative_round(
     flat = [(i, start[i] + j) for i, d in enumerate(drafts) for j in range(len(d) + 1)]
     choices = sampler.pick(stack.logits([i for i, _ in flat], [p for _, p in flat], full),
                            [rows[i] for i, _ in flat], [p + 1 for _, p in flat])  # fmt: skip
-    drafted, accepted, at = 0, 0, 0
+    drafted, accepted, rejected, at = 0, 0, 0, 0
     lengths = []
     for i, (row, d) in enumerate(zip(rows, drafts, strict=True)):
         full_choice = choices[at : at + len(d) + 1]
         at += len(d) + 1
         n_ok = next((j for j, (a, b) in enumerate(zip(d, full_choice, strict=False)) if a != b), len(d))
-        drafted, accepted = drafted + len(d), accepted + n_ok
+        drafted, accepted, rejected = drafted + len(d), accepted + n_ok, rejected + (n_ok < len(d))
         row.next_drafts = min(max_draft, n_ok + 1 if n_ok == len(d) else n_ok)
         lengths.append(start[i] + n_ok + 1)  # the pending token and the accepted drafts are right in every layer
         for token in d[:n_ok] + full_choice[n_ok : n_ok + 1]:
             if out.emit(row, token):
                 break
     stack.crop(range(len(rows)), lengths)
-    return _leave(stack, rows, out), drafted, accepted
+    return _leave(stack, rows, out), drafted, accepted, rejected
 
 
 class DraftSwitch:
@@ -466,13 +472,18 @@ class DraftSwitch:
     YARDSTICK_STEPS = 2  # timed plain steps before the first judgement, when no plain timing exists yet
     BASE_PAUSE = 16  # plain steps after a stretch that lost ...
     MAX_PAUSE = 512  # ... doubled per further loss up to this: re-probing then costs < 1% at acceptance 0
+    MIN_EVIDENCE = 16  # judged draft positions (accepted + rejected) before a draft exit can be retired
+    MAX_DRAFTS = 16  # the draft lengths the ceiling considers
 
-    def __init__(self):
+    def __init__(self, cost: float = 0.0):
+        self.cost = cost  # a draft pass's cost as a share of a plain step's: its layers over all (a lower bound)
         self.plain_seconds: float | None = None  # per committed token of plain steps, a moving average
         self.pause = 0  # plain steps left before drafting again
         self.next_pause = self.BASE_PAUSE
         self.fresh = True  # the next round starts a stretch (nothing drafted since the last plain step)
         self.probes = 0  # stretches started
+        self.judged_accepted = self.judged_rejected = 0  # over every stretch, for the acceptance estimate
+        self.retired = False  # drafting cannot pay with this draft exit: plain decoding from now on
         self._restart()
 
     def _restart(self) -> None:
@@ -481,7 +492,15 @@ class DraftSwitch:
 
     @property
     def drafting(self) -> bool:
-        return self.pause == 0
+        return self.pause == 0 and not self.retired
+
+    def ceiling(self) -> float:
+        """The best speed-up over plain decoding that drafting could reach, optimistically: the per-position
+        acceptance estimated as (accepted + 1) / (accepted + rejected + 2), drafts passing independently, and a
+        round of k drafts costing ``1 + k * cost`` plain steps (the verification as one plain step, the draft
+        head free). The best over draft lengths 1..MAX_DRAFTS of expected tokens per round over its cost."""
+        a = (self.judged_accepted + 1) / (self.judged_accepted + self.judged_rejected + 2)
+        return max((1 - a ** (k + 1)) / (1 - a) / (1 + k * self.cost) for k in range(1, self.MAX_DRAFTS + 1))
 
     @property
     def probing(self) -> bool:
@@ -491,15 +510,16 @@ class DraftSwitch:
     def plain_step(self, seconds: float, tokens: int) -> None:
         per_token = seconds / max(tokens, 1)
         self.plain_seconds = per_token if self.plain_seconds is None else 0.7 * self.plain_seconds + 0.3 * per_token
-        self.pause -= 1
+        self.pause = max(self.pause - 1, 0)
         self.fresh = True
 
-    def round(self, seconds: float, tokens: int, drafted: int, accepted: int) -> None:
+    def round(self, seconds: float, tokens: int, drafted: int, accepted: int, rejected: int = 0) -> None:
         """Record a speculative round and judge the stretch."""
         first, self.fresh = self.fresh, False
         self.probes += first
         self.seconds, self.tokens, self.rounds = self.seconds + seconds, self.tokens + tokens, self.rounds + 1
         self.drafted, self.accepted = self.drafted + drafted, self.accepted + accepted
+        self.judged_accepted, self.judged_rejected = self.judged_accepted + accepted, self.judged_rejected + rejected
         if first and drafted and not accepted:
             self._lose()  # one token per row for more work than a plain step: no clock needed to see it lost
         elif self.rounds >= self.JUDGED_AFTER:
@@ -514,6 +534,8 @@ class DraftSwitch:
 
     def _lose(self) -> None:
         self.pause, self.next_pause = self.next_pause, min(2 * self.next_pause, self.MAX_PAUSE)
+        evidence = self.judged_accepted + self.judged_rejected
+        self.retired = evidence >= self.MIN_EVIDENCE and self.ceiling() < 1.0
         self._restart()
 
 
@@ -527,6 +549,7 @@ def _speculative_decode(
     switch: DraftSwitch,
 ) -> dict:
     full = stack.net.num_layers
+    switch.cost = draft_exit / full
     rows = _first_tokens(stack, rows, full, sampler, out)
     drafted, accepted, plain_steps, plain_tokens, probes = 0, 0, 0, 0, switch.probes
     while rows:
@@ -541,12 +564,13 @@ def _speculative_decode(
             for row in rows:
                 row.next_drafts = 1
         running = rows
-        rows, n_drafted, n_accepted = _speculative_round(stack, rows, draft_exit, max_draft, sampler, out)
+        rows, n_drafted, n_accepted, n_rejected = _speculative_round(stack, rows, draft_exit, max_draft, sampler, out)
         drafted, accepted = drafted + n_drafted, accepted + n_accepted
         committed = sum(len(row.tokens) for row in running) - before
-        switch.round(_clock() - began, committed, n_drafted, n_accepted)
+        switch.round(_clock() - began, committed, n_drafted, n_accepted, n_rejected)
     return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / max(drafted, 1),
-            "plain_steps": plain_steps, "plain_tokens": plain_tokens, "probes": switch.probes - probes}  # fmt: skip
+            "plain_steps": plain_steps, "plain_tokens": plain_tokens, "probes": switch.probes - probes,
+            "retired": switch.retired}  # fmt: skip
 
 
 def _dynamic_decode(

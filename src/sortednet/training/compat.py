@@ -1,6 +1,6 @@
 """The private parts of Lightning and torch that sortednet relies on, each because no public API serves, kept in
 this one module so that an upgrade has one place to look. Every function here has a test in
-``tests/test_compat.py`` that fails when the dependency changes what we rely on: run it first after an upgrade.
+``tests/training/test_compat.py`` that fails when the dependency changes what we rely on: run it first after an upgrade.
 """
 
 from __future__ import annotations

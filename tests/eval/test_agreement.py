@@ -19,7 +19,7 @@ from sortednet.eval.agreement import LABELS, PREDICTED, pair_verdict, read_label
 
 _run = partial(run_main, evaluate.main)  # evaluate in this process: status, stdout, stderr
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pandalm"
 
 
 def _pair(idx: int, votes: tuple, response1: str = "a", response2: str = "b") -> dict:

@@ -16,7 +16,7 @@ import pytest
 from conftest import cli_command, cli_env, csv_metrics, run_cli, succeeded
 from sortednet.embedded import make_rows
 
-CONF = Path(__file__).parents[1] / "conf"
+CONF = Path(__file__).parents[2] / "conf"
 
 
 def test_slurm_launcher_starts_one_task_per_device():

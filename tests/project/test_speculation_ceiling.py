@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "experiments" / "speculation_ceiling.py"
+SCRIPT = Path(__file__).parents[2] / "experiments" / "speculation_ceiling.py"
 spec = importlib.util.spec_from_file_location("speculation_ceiling", SCRIPT)
 ceiling = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ceiling)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).parents[1] / "src"
+SRC = Path(__file__).parents[2] / "src"
 PACKAGE = SRC / "sortednet"
 
 # The core (GUIDE §3): readable and usable without the training stack or the config framework.

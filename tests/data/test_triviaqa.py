@@ -190,7 +190,7 @@ FOUNDRY_ROWS = [
      "aliases": ["QUIVER", "Quiver"]},
     {"context": "Question:  Answer: is in the question?\nAnswer: ", "answer": "Yes", "aliases": []},
 ]  # fmt: skip
-REAL_TRIVIAQA = Path(__file__).parents[2] / "shared" / "data" / "triviaqa" / "triviaqa_sm_sub.jsonl"
+REAL_TRIVIAQA = Path(__file__).parents[3] / "shared" / "data" / "triviaqa" / "triviaqa_sm_sub.jsonl"
 
 
 def test_llm_foundry_layout_reads_question_from_the_context_and_answer_first(tmp_path):
@@ -283,7 +283,7 @@ def test_data_triviaqa_composes_with_the_schema(tokenizer):
 
     import sortednet.train  # noqa: F401  (registers the schema)
 
-    conf = Path(__file__).parents[1] / "conf"
+    conf = Path(__file__).parents[2] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = OmegaConf.to_object(compose("train", overrides=["run_dir=/tmp/unused", "data=triviaqa"]))
     assert cfg.data.prompt_style == "triviaqa" and cfg.data.path == "mandarjoshi/trivia_qa"

@@ -324,7 +324,7 @@ def test_bad_matrix_and_item_input(monkeypatch, tmp_path):
         write_matrix_csv([], tmp_path / "m.csv")
 
 
-SHARED_TESTSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm" / "testset-inference-v1.json"
+SHARED_TESTSET = Path(__file__).resolve().parents[3] / "shared" / "data" / "pandalm" / "testset-inference-v1.json"
 
 
 @pytest.mark.skipif(not SHARED_TESTSET.is_file(), reason="PandaLM's test set copy (../shared/data/pandalm) is absent")

@@ -421,6 +421,40 @@ def test_decode_all_carries_the_switch_from_batch_to_batch(monkeypatch):
     assert outputs == [generate(net, p, mode="exit", max_new_tokens=20)[0] for p in prompts]
 
 
+def test_a_draft_exit_that_cannot_pay_is_retired(monkeypatch):
+    """With the evidence threshold at one judged position, the first losing probe of a draft at 3 of 4 layers
+    that never passes (ceiling: (1 + 1/3) / (1 + 0.75) < 1) retires it: no further probe, plain to the end,
+    lossless."""
+    net, prompt = wrong_draft_net(), [3, 14, 15, 9]
+    expected = generate(net, prompt, mode="exit", max_new_tokens=100)[0]
+    monkeypatch.setattr(decode, "_clock", lambda: 0.0)
+    monkeypatch.setattr(decode.DraftSwitch, "MIN_EVIDENCE", 1)
+    tokens, stats = generate(net, prompt, mode="speculative", draft_exit=3, max_new_tokens=100)
+    assert tokens == expected
+    assert (stats["probes"], stats["drafted"], stats["plain_steps"], stats["retired"]) == (1, 1, 98, True)
+
+
+@pytest.mark.parametrize(
+    ("cost", "accepted", "rejected", "below_one", "retired"),
+    [
+        (0.7, 5, 15, True, True),  # an exit at 70% of the depth that passes a quarter of its drafts: cannot pay
+        (0.1, 5, 15, False, False),  # the same acceptance from an exit at 10% of the depth: it can
+        (0.7, 190, 10, False, False),  # 95% acceptance pays even at 70% of the depth
+        (0.7, 2, 6, True, False),  # too little evidence (8 positions) to retire anything
+    ],
+)
+def test_the_switch_retires_a_draft_only_when_its_ceiling_is_below_one(cost, accepted, rejected, below_one, retired):
+    switch = decode.DraftSwitch(cost)
+    switch.plain_step(1.0, 1)  # the yardstick: 1 s per token
+    switch.round(10.0, 1, accepted + rejected, accepted, rejected)  # one slow round, judged after 4
+    for _ in range(3):
+        switch.round(10.0, 1, 0, 0, 0)
+    assert switch.pause > 0 and switch.retired is retired and (switch.ceiling() < 1) is below_one
+    for _ in range(2 * switch.MAX_PAUSE):
+        switch.plain_step(1.0, 1)
+    assert switch.drafting is not retired
+
+
 def test_drafting_that_is_timed_slower_than_plain_steps_stops(monkeypatch):
     """Every draft passes, but each round takes far longer than a plain step: after its first judgement (with
     the two yardstick plain steps before it) each stretch is judged slower and ends, lossless throughout."""

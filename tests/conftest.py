@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import logging
 import os
 import runpy
 import signal
@@ -162,11 +163,19 @@ def run_cli(tmp_path: Path, run: str, *overrides: str, env: dict | None = None, 
     return run_process(cli_command(tmp_path, run, *overrides, multirun=multirun), tmp_path, env)
 
 
+def _loggers() -> list[logging.Logger]:
+    return [x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger)]
+
+
 def main_in_process(module: str, argv: list[str], capsys) -> tuple[int, str, str]:
     """``python -m MODULE ARGV`` in this process, through the module's own ``__main__`` block: its exit status
     (what ``sys.exit`` was given), stdout and stderr. Seconds instead of a new interpreter's imports."""
     saved = sys.argv
     sys.argv = [module, *argv]
+    # What the run does to logging ends with it, as it would with its process: Hydra's job logging
+    # (hydra/job_logging=disabled) sets the root to ERROR, drops its handlers and disables every logger that exists,
+    # which silenced the warnings of sortednet's loggers for every later test (caplog saw none).
+    logging_state = [(x, x.level, x.disabled, list(x.handlers)) for x in [logging.root, *_loggers()]]
     try:
         with warnings.catch_warnings():  # the run's own warning filters end with it
             # runpy's note that the module was imported before (by an earlier test) is no news here
@@ -179,6 +188,12 @@ def main_in_process(module: str, argv: list[str], capsys) -> tuple[int, str, str
         code = exit_.code
     finally:
         sys.argv = saved
+        for logger in _loggers():  # the loggers the run made (its imports) start enabled, as in a fresh process
+            logger.disabled = False
+        for logger, level, disabled, handlers in logging_state:
+            logger.setLevel(level)
+            logger.disabled = disabled
+            logger.handlers[:] = handlers
     out, err = capsys.readouterr()
     return code, out, err
 

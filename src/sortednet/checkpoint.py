@@ -271,10 +271,11 @@ def _exported_metadata(path: Path, given: str) -> Metadata:
 def read_training_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], Metadata]:
     """``(state_dict, metadata)`` of a training checkpoint — a ``.ckpt`` file or a distributed checkpoint
     directory — on the CPU, full (unsharded) tensors; a one-line error for anything else."""
-    meta = read_metadata(ckpt, exported=False)
     path = Path(ckpt).expanduser()
     if path.is_file():
-        return read_checkpoint(ckpt)[0][MODEL_KEY], meta
+        checkpoint, meta = read_checkpoint(ckpt)
+        return checkpoint[MODEL_KEY], meta
+    meta = read_metadata(ckpt, exported=False)
     try:
         state = _read_distributed_model(path)
     except Exception as error:

@@ -39,9 +39,9 @@ from sortednet.prompts import ChatStyle, PromptStyle, get_prompt_style
 def load_sorted(ckpt: str, cache_dir=None, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """``(SortedLM in eval mode, tokenizer, metadata)`` from any sortednet checkpoint; ``dtype`` casts the weights
     (default: as stored)."""
-    meta = read_metadata(ckpt)
     path = Path(ckpt).expanduser()
-    if meta.exported_from is not None:
+    meta = read_metadata(ckpt) if path.is_dir() else None  # a file is read once, below
+    if meta is not None and meta.exported_from is not None:
         net = _load_exported(path, meta)
     else:
         state, meta = read_training_checkpoint(ckpt)

@@ -56,7 +56,8 @@ def consolidate(cfg: ConsolidateConfig) -> Path:
     dtype = resolve_dtype(cfg.dtype) if cfg.dtype is not None else None
     out = Path(cfg.out).expanduser().absolute()
     check_new_dir(out, "out")
-    read_metadata(cfg.ckpt, exported=False)  # an exported directory is a Hugging Face model already
+    if Path(cfg.ckpt).expanduser().is_dir():  # an exported directory is a Hugging Face model already
+        read_metadata(cfg.ckpt, exported=False)
     net, tokenizer, meta = load_sorted(cfg.ckpt, cfg.cache_dir, dtype=dtype)
     heads = {k: v.contiguous() for k, v in net.exit_heads.state_dict().items()} if net.exit_heads else None
     record = meta.export_record(
